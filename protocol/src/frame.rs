@@ -1,0 +1,97 @@
+//! Line framing: bytes in, complete lines out, with a bound on line length so a peer
+//! cannot make the other side buffer without limit.
+
+/// What [`LineBuffer::next_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, without its `\n` (and without a trailing `\r`).
+    Complete(Vec<u8>),
+    /// No complete line buffered yet.
+    Incomplete,
+    /// The line being received is longer than the bound.
+    TooLong,
+}
+
+/// Accumulates bytes and hands out complete lines.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// Where the scan for `\n` resumes: bytes before it hold none.
+    scanned: usize,
+    max_line: usize,
+}
+
+impl LineBuffer {
+    pub fn new(max_line: usize) -> Self {
+        LineBuffer {
+            buf: Vec::new(),
+            scanned: 0,
+            max_line,
+        }
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn next_line(&mut self) -> Line {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = self.scanned + i;
+                if end > self.max_line {
+                    return Line::TooLong;
+                }
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.scanned = 0;
+                if self.buf.is_empty() {
+                    // Give back the memory a burst of input took.
+                    self.buf = Vec::new();
+                }
+                Line::Complete(line)
+            }
+            None if self.buf.len() > self.max_line => Line::TooLong,
+            None => {
+                self.scanned = self.buf.len();
+                Line::Incomplete
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_across_reads() {
+        let mut b = LineBuffer::new(64);
+        b.extend(b"{\"a\":");
+        assert_eq!(b.next_line(), Line::Incomplete);
+        b.extend(b"1}\r\n{\"b\":2}\n{");
+        assert_eq!(b.next_line(), Line::Complete(b"{\"a\":1}".to_vec()));
+        assert_eq!(b.next_line(), Line::Complete(b"{\"b\":2}".to_vec()));
+        assert_eq!(b.next_line(), Line::Incomplete);
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn bounds_line_length() {
+        let mut b = LineBuffer::new(8);
+        b.extend(b"123456789");
+        assert_eq!(b.next_line(), Line::TooLong);
+        let mut b = LineBuffer::new(8);
+        b.extend(b"123456789\n");
+        assert_eq!(b.next_line(), Line::TooLong);
+        let mut b = LineBuffer::new(8);
+        b.extend(b"12345678\n");
+        assert_eq!(b.next_line(), Line::Complete(b"12345678".to_vec()));
+    }
+}

@@ -1,0 +1,408 @@
+//! Requests, params, results and events as they travel on the wire.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A request line. `jsonrpc` may be left out so a person typing into socat is served;
+/// a request without `id` is a notification and gets no answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// The lifecycle of the container as the shim sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// The shim runs, `create` has not been called.
+    New,
+    /// `runc create` is running.
+    Creating,
+    /// Created, init waits for `start`.
+    Created,
+    Running,
+    Paused,
+    /// Init has exited (its exit record is kept until `delete`).
+    Stopped,
+    Deleted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessStatus {
+    /// The runtime call that makes it (`runc create` / `runc exec`) is running.
+    Creating,
+    /// Init after `create`, before `start`.
+    Created,
+    Running,
+    Exited,
+}
+
+/// How a process ended. Written to `STATE_DIR/exits/PROCESS.json` before the `exit`
+/// event is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// `init` or the exec id.
+    pub process: String,
+    pub pid: i32,
+    /// The exit code, or 128+N for a process killed by signal N. `null` only when the
+    /// status cannot be known (a shim that was SIGKILLed, see `tether-shim cleanup`).
+    pub status: Option<i32>,
+    /// The signal that killed the process, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_name: Option<String>,
+    /// RFC 3339, UTC, when the shim reaped the process.
+    pub exited_at: String,
+    /// The kernel's OOM killer ended it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub oom_killed: bool,
+    /// Why the status is unknown, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One event. `seq` rises by exactly one from event to event of a shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub ts: String,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    Created {
+        pid: i32,
+    },
+    Started {
+        pid: i32,
+    },
+    ExecAdded {
+        exec_id: String,
+    },
+    ExecStarted {
+        exec_id: String,
+        pid: i32,
+    },
+    Exit(ExitRecord),
+    Oom {
+        process: String,
+    },
+    Paused {},
+    Resumed {},
+    Checkpointed {
+        image_path: String,
+    },
+    Deleted {},
+}
+
+impl EventBody {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventBody::Created { .. } => "created",
+            EventBody::Started { .. } => "started",
+            EventBody::ExecAdded { .. } => "exec_added",
+            EventBody::ExecStarted { .. } => "exec_started",
+            EventBody::Exit(_) => "exit",
+            EventBody::Oom { .. } => "oom",
+            EventBody::Paused {} => "paused",
+            EventBody::Resumed {} => "resumed",
+            EventBody::Checkpointed { .. } => "checkpointed",
+            EventBody::Deleted {} => "deleted",
+        }
+    }
+}
+
+/// The stdio a process got: the paths in use, or `null` where the stream is closed
+/// (stderr of a terminal process: it shares the terminal with stdout).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioPaths {
+    pub stdin: Option<String>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResult {
+    pub protocol: u32,
+    pub version: String,
+    pub shim_pid: u32,
+    pub id: String,
+    pub bundle: String,
+    pub runtime: String,
+    pub status: ContainerStatus,
+    /// The seq of the newest event, 0 before the first.
+    pub last_seq: u64,
+    /// The oldest seq `subscribe` can still replay from (`since` >= first_seq - 1).
+    pub first_seq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Run init on a console PTY. Default: `process.terminal` of config.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateResult {
+    pub pid: i32,
+    #[serde(flatten)]
+    pub stdio: StdioPaths,
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidResult {
+    pub pid: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    pub exec_id: String,
+    /// An OCI runtime-spec `process` object (args, env, cwd, user, terminal, ...).
+    pub process: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exec_id: String,
+    pub pid: i32,
+    #[serde(flatten)]
+    pub stdio: StdioPaths,
+    pub terminal: bool,
+}
+
+/// A signal as a number (`9`) or a name (`"SIGKILL"`, `"KILL"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignalSpec {
+    Number(i32),
+    Name(String),
+}
+
+impl Default for SignalSpec {
+    fn default() -> Self {
+        SignalSpec::Number(15)
+    }
+}
+
+impl SignalSpec {
+    /// The signal number, checked against Linux's range.
+    pub fn number(&self) -> Result<i32, String> {
+        match self {
+            SignalSpec::Number(n) if (1..=64).contains(n) => Ok(*n),
+            SignalSpec::Number(n) => Err(format!("signal {n} is out of range 1..64")),
+            SignalSpec::Name(name) => {
+                let upper = name.to_ascii_uppercase();
+                let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+                SIGNALS
+                    .iter()
+                    .position(|s| *s == bare)
+                    .map(|i| i as i32 + 1)
+                    .or_else(|| bare.parse::<i32>().ok().filter(|n| (1..=64).contains(n)))
+                    .ok_or_else(|| format!("unknown signal {name:?}"))
+            }
+        }
+    }
+}
+
+/// Linux signal names, index + 1 = number (x86_64/arm64 numbering).
+const SIGNALS: [&str; 31] = [
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+];
+
+/// `SIGKILL` for 9; `SIGRTMIN+n` style for real-time signals.
+pub fn signal_name(n: i32) -> String {
+    match n {
+        1..=31 => format!("SIG{}", SIGNALS[(n - 1) as usize]),
+        34..=64 => format!("SIGRTMIN+{}", n - 34),
+        _ => format!("SIG{n}"),
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillParams {
+    /// `init` (default) or an exec id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(default)]
+    pub signal: SignalSpec,
+    /// Signal every process of the container (init only; `runc kill --all`).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Params of the calls that name one process: wait, state, close_stdin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// An exec id to forget (it must have exited); absent: the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// Kill a running container first (`runc delete --force`).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeParams {
+    /// The last seq the client has seen: events after it are replayed, then live
+    /// events follow. Absent: live events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeResult {
+    /// Replayed events are those with since < seq <= replay_to; they follow this
+    /// answer on the connection, then live events.
+    pub replay_to: u64,
+    pub replayed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownParams {
+    /// Exit even though container processes are alive (they keep running,
+    /// unsupervised: `tether-shim cleanup` removes them later).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessState {
+    pub process: String,
+    pub pid: Option<i32>,
+    pub status: ProcessStatus,
+    pub terminal: bool,
+    #[serde(flatten)]
+    pub stdio: StdioPaths,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: String,
+    pub status: ContainerStatus,
+    /// Init's pid once created.
+    pub pid: Option<i32>,
+    pub processes: Vec<ProcessState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPid {
+    pub pid: i32,
+    /// `init` or the exec id this pid is; absent for other processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn signal_specs() {
+        assert_eq!(SignalSpec::Number(9).number(), Ok(9));
+        assert_eq!(SignalSpec::Name("SIGKILL".into()).number(), Ok(9));
+        assert_eq!(SignalSpec::Name("term".into()).number(), Ok(15));
+        assert_eq!(SignalSpec::Name("10".into()).number(), Ok(10));
+        assert!(SignalSpec::Name("SIGNOPE".into()).number().is_err());
+        assert!(SignalSpec::Number(0).number().is_err());
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(36), "SIGRTMIN+2");
+    }
+
+    #[test]
+    fn event_wire_shape() {
+        let e = Event {
+            seq: 3,
+            ts: "t".into(),
+            body: EventBody::Exit(ExitRecord {
+                process: "init".into(),
+                pid: 10,
+                status: Some(137),
+                signal: Some(9),
+                signal_name: Some("SIGKILL".into()),
+                exited_at: "t".into(),
+                oom_killed: false,
+                reason: None,
+            }),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "exit");
+        assert_eq!(v["status"], 137);
+        assert_eq!(v["seq"], 3);
+        assert!(v.get("oom_killed").is_none());
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+        let paused: Event =
+            serde_json::from_value(json!({"seq":1,"ts":"t","type":"paused"})).unwrap();
+        assert_eq!(paused.body, EventBody::Paused {});
+    }
+
+    #[test]
+    fn params_reject_unknown_fields() {
+        let r: Result<KillParams, _> = serde_json::from_value(json!({"sginal": 9}));
+        assert!(r.is_err());
+        let k: KillParams = serde_json::from_value(json!({"signal": "KILL"})).unwrap();
+        assert_eq!(k.signal.number(), Ok(9));
+        let c: CreateParams = serde_json::from_value(json!({"stdout": "/tmp/x"})).unwrap();
+        assert_eq!(c.stdout.as_deref(), Some("/tmp/x"));
+        let r: Result<CreateParams, _> = serde_json::from_value(json!({"stdot": "/tmp/x"}));
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! `tetherctl`: tether for people. Every command is one or two protocol calls through
+//! the same client a Rust daemon would use.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tether_protocol::*;
+
+const USAGE: &str = "usage: tetherctl [-s SOCKET | --id ID] [--state-root DIR] COMMAND [ARGS]
+
+shim:
+  launch --id ID --bundle DIR [tether-shim start flags]   start a shim, print its socket
+  list                                                     every shim under the state root
+container:
+  hello | state [PROCESS] | pids
+  create [--stdin P] [--stdout P] [--stderr P]             P: FIFO, file or /dev/null; absent: shim-made FIFO
+  start
+  exec [-t] [-e K=V]... [--cwd DIR] EXEC_ID -- ARGS...     run a process and attach to it
+  kill [--process P] [--all] [SIGNAL]
+  wait [PROCESS]
+  resize [--process P] ROWS COLS
+  close-stdin [PROCESS]
+  events [--since N]                                       follow events (replay after N)
+  delete [--force] [--process P]
+  shutdown [--force]
+  call METHOD [JSON]                                       any method, raw JSON params
+  run --id ID --bundle DIR                                 launch, create, start, print output, wait, delete";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tetherctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+struct Global {
+    socket: Option<PathBuf>,
+    id: Option<String>,
+    state_root: PathBuf,
+}
+
+impl Global {
+    fn socket(&self) -> Result<PathBuf, String> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Ok(s) = std::env::var("TETHER_SOCKET") {
+            return Ok(PathBuf::from(s));
+        }
+        match &self.id {
+            Some(id) => Ok(self.state_root.join(id).join("shim.sock")),
+            None => Err("name the shim: -s SOCKET, --id ID or TETHER_SOCKET".into()),
+        }
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        Client::connect(self.socket()?).map_err(|e| e.to_string())
+    }
+}
+
+fn run(args: Vec<String>) -> Result<i32, String> {
+    let mut g = Global { socket: None, id: None, state_root: PathBuf::from("/run/tether") };
+    let mut rest = args.into_iter();
+    let mut command = None;
+    let mut cmd_args = Vec::new();
+    while let Some(a) = rest.next() {
+        if command.is_some() {
+            cmd_args.push(a);
+            continue;
+        }
+        match a.as_str() {
+            "-s" | "--socket" => g.socket = rest.next().map(PathBuf::from),
+            "--id" => g.id = rest.next(),
+            "--state-root" => g.state_root = rest.next().map(PathBuf::from).ok_or("--state-root needs a value")?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(0);
+            }
+            _ => command = Some(a),
+        }
+    }
+    let Some(command) = command else {
+        return Err(format!("a command is required\n{USAGE}"));
+    };
+    let a = cmd_args;
+    match command.as_str() {
+        "launch" => launch(&g, &a).map(|socket| {
+            println!("{}", socket.display());
+            0
+        }),
+        "list" => list(&g),
+        "hello" => print_call(&g, "hello", json!({})),
+        "state" => print_call(&g, "state", process_param(a.first())),
+        "pids" => print_call(&g, "pids", json!({})),
+        "start" => print_call(&g, "start", json!({})),
+        "create" => {
+            let mut p = json!({});
+            let mut it = a.iter();
+            while let Some(flag) = it.next() {
+                let key = flag.trim_start_matches("--");
+                if !["stdin", "stdout", "stderr"].contains(&key) {
+                    return Err(format!("create: unknown flag {flag}"));
+                }
+                p[key] = json!(it.next().ok_or(format!("{flag} needs a path"))?);
+            }
+            print_call(&g, "create", p)
+        }
+        "kill" => {
+            let mut p = json!({});
+            let mut it = a.iter();
+            while let Some(x) = it.next() {
+                match x.as_str() {
+                    "--all" => p["all"] = json!(true),
+                    "--process" => p["process"] = json!(it.next().ok_or("--process needs a value")?),
+                    sig => p["signal"] = sig.parse::<i32>().map(|n| json!(n)).unwrap_or(json!(sig)),
+                }
+            }
+            print_call(&g, "kill", p)
+        }
+        "wait" => {
+            let mut c = g.client()?;
+            let r: ExitRecord = c.call("wait", &process_param(a.first())).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(r.status.unwrap_or(255))
+        }
+        "resize" => {
+            let (process, nums) = take_process_flag(&a);
+            let [rows, cols] = nums[..] else { return Err("resize ROWS COLS".into()) };
+            let rows: u16 = rows.parse().map_err(|_| "rows must be a number")?;
+            let cols: u16 = cols.parse().map_err(|_| "cols must be a number")?;
+            print_call(&g, "resize", json!({"process": process, "rows": rows, "cols": cols}))
+        }
+        "close-stdin" => print_call(&g, "close_stdin", process_param(a.first())),
+        "delete" => {
+            let (process, rest) = take_process_flag(&a);
+            let force = rest.iter().any(|x| *x == "--force");
+            print_call(&g, "delete", json!({"process": process, "force": force}))
+        }
+        "shutdown" => print_call(&g, "shutdown", json!({"force": a.iter().any(|x| x == "--force")})),
+        "events" => {
+            let since = match a.as_slice() {
+                [flag, n] if flag == "--since" => Some(n.parse::<u64>().map_err(|_| "--since takes a seq")?),
+                [] => None,
+                _ => return Err("events [--since N]".into()),
+            };
+            let mut c = g.client()?;
+            c.subscribe(since).map_err(|e| e.to_string())?;
+            loop {
+                let e = c.next_event().map_err(|e| e.to_string())?;
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            }
+        }
+        "call" => {
+            let method = a.first().ok_or("call METHOD [JSON]")?;
+            let params = match a.get(1) {
+                Some(j) => serde_json::from_str(j).map_err(|e| format!("params: {e}"))?,
+                None => json!({}),
+            };
+            print_call(&g, method, params)
+        }
+        "exec" => exec(&g, &a),
+        "run" => run_container(&a),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+fn process_param(p: Option<&String>) -> Value {
+    match p {
+        Some(p) => json!({ "process": p }),
+        None => json!({}),
+    }
+}
+
+/// Pulls `--process P` out of the args.
+fn take_process_flag(a: &[String]) -> (Option<String>, Vec<&String>) {
+    let mut process = None;
+    let mut rest = Vec::new();
+    let mut it = a.iter();
+    while let Some(x) = it.next() {
+        if x == "--process" {
+            process = it.next().cloned();
+        } else {
+            rest.push(x);
+        }
+    }
+    (process, rest)
+}
+
+fn print_call(g: &Global, method: &str, params: Value) -> Result<i32, String> {
+    let mut c = g.client()?;
+    let r = c.call_value(method, params).map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    Ok(0)
+}
+
+/// Finds `tether-shim` beside this binary, else on PATH.
+fn shim_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("tether-shim")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("tether-shim"))
+}
+
+fn launch(g: &Global, a: &[String]) -> Result<PathBuf, String> {
+    let mut args = vec!["start".to_string()];
+    if !a.iter().any(|x| x == "--state-dir" || x == "--state-root") {
+        args.extend(["--state-root".to_string(), g.state_root.display().to_string()]);
+    }
+    args.extend(a.iter().cloned());
+    let out = Command::new(shim_binary()).args(&args).output().map_err(|e| format!("tether-shim: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// One line per shim under the state root: id, shim pid, alive or dead, status, last seq.
+fn list(g: &Global) -> Result<i32, String> {
+    let entries = std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
+    println!("{:<24} {:>8} {:<6} {:<9} {:>8}", "ID", "SHIM PID", "SHIM", "STATUS", "LAST SEQ");
+    let mut rows: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    rows.sort();
+    for dir in rows {
+        let id = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let pid = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        let hello = Client::connect(dir.join("shim.sock")).and_then(|mut c| {
+            c.set_timeout(Some(std::time::Duration::from_secs(2)))?;
+            c.hello()
+        });
+        let (alive, status, seq) = match hello {
+            Ok(h) => ("alive", format!("{:?}", h.status).to_lowercase(), h.last_seq.to_string()),
+            Err(_) => ("dead", last_status_on_disk(&dir), last_seq_on_disk(&dir)),
+        };
+        let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!("{id:<24} {pid:>8} {alive:<6} {status:<9} {seq:>8}");
+    }
+    Ok(0)
+}
+
+/// A dead shim's container status as the state dir tells it.
+fn last_status_on_disk(dir: &Path) -> String {
+    if dir.join("exits/init.json").exists() {
+        "stopped".into()
+    } else if dir.join("init.pid").exists() {
+        "unknown".into()
+    } else {
+        "new".into()
+    }
+}
+
+fn last_seq_on_disk(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str::<Event>(l).ok()))
+        .map(|e| e.seq.to_string())
+        .unwrap_or_else(|| "0".into())
+}
+
+/// Copies a shim-made output FIFO to our stdout or stderr until EOF (in a thread).
+fn drain_fifo(path: Option<String>, to_stderr: bool) -> Option<std::thread::JoinHandle<()>> {
+    let path = path?;
+    if path == "/dev/null" {
+        return None;
+    }
+    Some(std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path) else {
+            return;
+        };
+        // Back to blocking reads: the shim is the writer, EOF comes when it closes.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK);
+        }
+        let mut buf = [0u8; 32 << 10];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let r = if to_stderr {
+                        std::io::stderr().write_all(&buf[..n])
+                    } else {
+                        let mut out = std::io::stdout();
+                        out.write_all(&buf[..n]).and_then(|_| out.flush())
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// Feeds our stdin to a stdin FIFO (in a thread); EOF on ours closes the process's.
+fn feed_stdin(path: Option<String>, socket: PathBuf, process: String) {
+    let Some(path) = path.filter(|p| p != "/dev/null") else { return };
+    std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) else { return };
+        let mut buf = [0u8; 32 << 10];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if f.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Ok(mut c) = Client::connect(&socket) {
+            let _ = c.call_value("close_stdin", json!({"process": process}));
+        }
+    });
+}
+
+/// `exec [-t] [-e K=V]... [--cwd DIR] ID -- ARGS...`
+fn exec(g: &Global, a: &[String]) -> Result<i32, String> {
+    let mut tty = false;
+    let mut env: Vec<String> = Vec::new();
+    let mut cwd = None;
+    let mut exec_id = None;
+    let mut it = a.iter();
+    let mut argv: Vec<String> = Vec::new();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-t" | "--tty" => tty = true,
+            "-e" | "--env" => env.push(it.next().ok_or("-e needs K=V")?.clone()),
+            "--cwd" => cwd = it.next().cloned(),
+            "--" => {
+                argv = it.by_ref().cloned().collect();
+                break;
+            }
+            id if exec_id.is_none() => exec_id = Some(id.to_string()),
+            other => argv.push(other.to_string()),
+        }
+    }
+    let exec_id = exec_id.ok_or("exec needs an EXEC_ID")?;
+    if argv.is_empty() {
+        return Err("exec needs a command after --".into());
+    }
+    let socket = g.socket()?;
+    let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
+    let mut process = json!({"args": argv, "terminal": tty});
+    if !env.is_empty() {
+        // Keep the bundle's PATH and friends: ours are added to them.
+        let state: ContainerState = c.state().map_err(|e| e.to_string())?;
+        let _ = state;
+        let mut full = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+        full.extend(env);
+        process["env"] = json!(full);
+    }
+    if let Some(cwd) = cwd {
+        process["cwd"] = json!(cwd);
+    }
+    let raw = if tty { RawMode::enter() } else { None };
+    let result: Result<ExecResult, _> = c.exec(&ExecParams { exec_id: exec_id.clone(), process, ..Default::default() });
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            drop(raw);
+            return Err(e.to_string());
+        }
+    };
+    if tty {
+        if let Some((rows, cols)) = window_size() {
+            let _ = c.call_value("resize", json!({"process": exec_id, "rows": rows, "cols": cols}));
+        }
+        watch_window_size(socket.clone(), exec_id.clone());
+    }
+    feed_stdin(r.stdio.stdin.clone(), socket.clone(), exec_id.clone());
+    let outs = [drain_fifo(r.stdio.stdout.clone(), false), drain_fifo(r.stdio.stderr.clone(), true)];
+    let exit = c.wait(Some(&exec_id)).map_err(|e| e.to_string());
+    for t in outs.into_iter().flatten() {
+        let _ = t.join();
+    }
+    drop(raw);
+    let exit = exit?;
+    let _ = c.delete(Some(&exec_id), false);
+    Ok(exit.status.unwrap_or(255))
+}
+
+/// The terminal in raw mode while a `-t` exec runs; restored on drop.
+struct RawMode(libc::termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        // SAFETY: tcgetattr/tcsetattr on our own stdin with a termios we own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            Some(RawMode(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restoring the termios saved by enter().
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.0);
+        }
+    }
+}
+
+fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ fills a winsize we own.
+    unsafe {
+        let mut w: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(1, libc::TIOCGWINSZ, &mut w) == 0).then_some((w.ws_row, w.ws_col))
+    }
+}
+
+/// Forwards SIGWINCH as `resize` calls.
+fn watch_window_size(socket: PathBuf, process: String) {
+    static CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_winch(_: libc::c_int) {
+        CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t);
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if let (Some((rows, cols)), Ok(mut c)) = (window_size(), Client::connect(&socket)) {
+                let _ = c.call_value("resize", json!({"process": process, "rows": rows, "cols": cols}));
+            }
+        }
+    });
+}
+
+/// `run --id ID --bundle DIR [shim flags]`: the whole life of a container.
+fn run_container(a: &[String]) -> Result<i32, String> {
+    let g = Global { socket: None, id: None, state_root: PathBuf::from("/run/tether") };
+    let socket = launch(&g, a)?;
+    let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
+    c.subscribe(Some(0)).map_err(|e| e.to_string())?;
+    let created = c.create(&CreateParams::default()).map_err(|e| e.to_string())?;
+    let outs = [drain_fifo(created.stdio.stdout.clone(), false), drain_fifo(created.stdio.stderr.clone(), true)];
+    c.start().map_err(|e| e.to_string())?;
+    let exit = c.wait(None).map_err(|e| e.to_string())?;
+    for t in outs.into_iter().flatten() {
+        let _ = t.join();
+    }
+    c.delete(None, false).map_err(|e| e.to_string())?;
+    Ok(exit.status.unwrap_or(255))
+}

@@ -1,0 +1,74 @@
+//! `tether-shim cleanup --id ID`: the counterpart of containerd's `shim delete`, for a
+//! shim that died (SIGKILL, OOM). It kills what is left of the container, runs
+//! `runtime delete --force`, prints init's exit record on stdout (the real one if the
+//! shim had written it, else one whose status is null: unknown, never a made-up 0)
+//! and removes the state dir.
+
+use crate::launch::LaunchOptions;
+use crate::state_dir::StateDir;
+use std::fs;
+use std::process::{Command, Stdio};
+use tether_protocol::{ExitRecord, INIT_PROCESS};
+
+/// Alive and not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // The state letter follows the ")" that ends the command name.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
+    let options: LaunchOptions = fs::read(dir.options())
+        .map_err(|e| format!("cannot read {}: {e}", dir.options().display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display())))?;
+    if let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) {
+        return Err(format!(
+            "the shim for {} is alive (pid {pid}): use its `delete` or `shutdown` instead",
+            options.id
+        ));
+    }
+    let recorded: Option<ExitRecord> = fs::read(dir.exit_record(INIT_PROCESS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let init_pid = read_pid(&dir.pid_file(INIT_PROCESS));
+    if let Some(pid) = init_pid.filter(|p| pid_alive(*p)) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let log = dir.runtime_log("cleanup-delete");
+    let args = vec!["delete".to_string(), "--force".to_string(), options.id.clone()];
+    let argv = options.runtime.argv(&log, &args);
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run runtime {}: {e}", options.runtime.path))?;
+    if !status.success() {
+        let msg = crate::runtime::failure_message("runtime delete", &log, status.code().unwrap_or(-1));
+        // A container the runtime no longer knows is already gone: that is success.
+        if !msg.contains("does not exist") && !msg.contains("not exist") {
+            return Err(msg);
+        }
+    }
+    let record = recorded.unwrap_or_else(|| ExitRecord {
+        process: INIT_PROCESS.to_string(),
+        pid: init_pid.unwrap_or(0),
+        status: None,
+        signal: None,
+        signal_name: None,
+        exited_at: tether_protocol::time::now(),
+        oom_killed: false,
+        reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
+    });
+    fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
+    Ok(record)
+}

@@ -1,0 +1,151 @@
+//! `tether-shim start`: the launch contract. The launcher forks the long-lived shim,
+//! which detaches (setsid, child subreaper, stdio on /dev/null, log in the state dir),
+//! binds its socket, writes its pid file and only then reports ready through a pipe.
+//! The launcher prints the socket path and exits 0, or prints the shim's error and
+//! exits 1. The shim never dies with its launcher: no pdeathsig, its own session.
+
+use crate::container::Container;
+use crate::runtime::Runtime;
+use crate::server::Server;
+use crate::state_dir::{self, StateDir};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// What the shim was started with; saved as `options.json` for `cleanup` and for
+/// daemons that rebuild their view from disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime: Runtime,
+}
+
+/// Runs the launcher; returns the process exit code.
+pub fn start(opts: LaunchOptions) -> i32 {
+    let dir = StateDir::new(opts.state_dir.clone());
+    if let Err(e) = prepare_state_dir(&dir, &opts.id) {
+        eprintln!("tether-shim: {e}");
+        return 1;
+    }
+    let (ready_r, ready_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tether-shim: pipe: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: the launcher is single-threaded here, so the child may run Rust code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("tether-shim: fork: {e}");
+            1
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(ready_r);
+            std::process::exit(run_shim(opts, dir, ready_w))
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(ready_w);
+            let mut answer = String::new();
+            let _ = fs::File::from(ready_r).read_to_string(&mut answer);
+            if answer == "ok" {
+                println!("{}", dir.socket().display());
+                0
+            } else if answer.is_empty() {
+                eprintln!(
+                    "tether-shim: the shim exited before it was ready; see {}",
+                    dir.log().display()
+                );
+                1
+            } else {
+                eprintln!("tether-shim: {answer}");
+                let _ = fs::remove_dir_all(&dir.root);
+                1
+            }
+        }
+    }
+}
+
+fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
+    if dir.root.exists() {
+        let pid = fs::read_to_string(dir.shim_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        return Err(match pid.filter(|p| crate::cleanup::pid_alive(*p)) {
+            Some(pid) => format!("a shim for {id} is already running (pid {pid}, {})", dir.root.display()),
+            None => format!(
+                "state dir {} already exists (left by a shim that died?): run `tether-shim cleanup --id {id}` first",
+                dir.root.display()
+            ),
+        });
+    }
+    dir.create().map_err(|e| format!("cannot create state dir {}: {e}", dir.root.display()))
+}
+
+/// The shim itself, in the forked child. Returns its exit code.
+fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
+    let mut ready = fs::File::from(ready);
+    match become_shim(&opts, &dir) {
+        Ok(server) => {
+            let _ = ready.write_all(b"ok");
+            drop(ready);
+            crate::log!("shim {} serving {} (bundle {})", std::process::id(), dir.socket().display(), opts.bundle.display());
+            match server.run() {
+                Ok(()) => 0,
+                Err(e) => {
+                    crate::log!("event loop failed: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            crate::log!("startup failed: {e}");
+            let _ = ready.write_all(e.as_bytes());
+            1
+        }
+    }
+}
+
+fn become_shim(opts: &LaunchOptions, dir: &StateDir) -> Result<Server, String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error()));
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.log())
+        .map_err(|e| format!("cannot open log {}: {e}", dir.log().display()))?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    for fd in 0..3 {
+        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2: {e}"))?;
+    }
+    crate::log::to_file(log);
+    // SAFETY: installing SIG_IGN dispositions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let _ = std::env::set_current_dir(&dir.root);
+    let socket = dir.socket();
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod socket: {e}"))?;
+    let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;
+    state_dir::write_atomic(&dir.options(), &options).map_err(|e| format!("cannot write options: {e}"))?;
+    let core = Container::new(opts.id.clone(), opts.bundle.clone(), opts.runtime.clone(), dir.clone())
+        .map_err(|e| format!("cannot set up {}: {e}", dir.root.display()))?;
+    let server = Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
+    state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
+        .map_err(|e| format!("cannot write pid file: {e}"))?;
+    Ok(server)
+}

@@ -1,0 +1,43 @@
+//! The one place children are reaped: after SIGCHLD, `waitpid(-1, WNOHANG)` until
+//! nothing is left. Runtime invocations, container processes and orphans reparented
+//! to the shim (it is a child subreaper) all come through here.
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a child ended: `status` is the exit code, or 128+N when signal N killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildExit {
+    pub pid: i32,
+    pub status: i32,
+    pub signal: Option<i32>,
+}
+
+/// Reaps every child that has ended.
+pub fn reap_all() -> Vec<ChildExit> {
+    let mut exits = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => exits.push(ChildExit {
+                pid: pid.as_raw(),
+                status: code,
+                signal: None,
+            }),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => exits.push(ChildExit {
+                pid: pid.as_raw(),
+                status: 128 + sig as i32,
+                signal: Some(sig as i32),
+            }),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Err(Errno::EINTR) => continue,
+            // Stopped/continued children are not exits.
+            Ok(_) => continue,
+            Err(e) => {
+                crate::log!("waitpid failed: {e}");
+                break;
+            }
+        }
+    }
+    exits
+}
