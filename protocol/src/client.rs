@@ -125,7 +125,8 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<R, ClientError> {
-        let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let params =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let result = self.call_value(method, params)?;
         serde_json::from_value(result)
             .map_err(|e| ClientError::Protocol(format!("unexpected {method} result: {e}")))
@@ -144,7 +145,9 @@ impl Client {
                 "shim closed the connection: {}",
                 msg.get("params").cloned().unwrap_or(Value::Null)
             ))),
-            _ => Err(ClientError::Protocol(format!("unexpected line from shim: {msg}"))),
+            _ => Err(ClientError::Protocol(format!(
+                "unexpected line from shim: {msg}"
+            ))),
         }
     }
 
@@ -177,7 +180,12 @@ impl Client {
         self.call("exec", params)
     }
 
-    pub fn kill(&mut self, process: Option<&str>, signal: i32, all: bool) -> Result<(), ClientError> {
+    pub fn kill(
+        &mut self,
+        process: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ClientError> {
         let params = KillParams {
             process: process.map(str::to_string),
             signal: SignalSpec::Number(signal),
@@ -187,7 +195,12 @@ impl Client {
     }
 
     pub fn wait(&mut self, process: Option<&str>) -> Result<ExitRecord, ClientError> {
-        self.call("wait", &ProcessParams { process: process.map(str::to_string) })
+        self.call(
+            "wait",
+            &ProcessParams {
+                process: process.map(str::to_string),
+            },
+        )
     }
 
     pub fn state(&mut self) -> Result<ContainerState, ClientError> {
@@ -195,7 +208,13 @@ impl Client {
     }
 
     pub fn delete(&mut self, process: Option<&str>, force: bool) -> Result<Value, ClientError> {
-        self.call_value("delete", json!(DeleteParams { process: process.map(str::to_string), force }))
+        self.call_value(
+            "delete",
+            json!(DeleteParams {
+                process: process.map(str::to_string),
+                force
+            }),
+        )
     }
 
     pub fn subscribe(&mut self, since: Option<u64>) -> Result<SubscribeResult, ClientError> {

@@ -86,28 +86,15 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
-    Created {
-        pid: i32,
-    },
-    Started {
-        pid: i32,
-    },
-    ExecAdded {
-        exec_id: String,
-    },
-    ExecStarted {
-        exec_id: String,
-        pid: i32,
-    },
+    Created { pid: i32 },
+    Started { pid: i32 },
+    ExecAdded { exec_id: String },
+    ExecStarted { exec_id: String, pid: i32 },
     Exit(ExitRecord),
-    Oom {
-        process: String,
-    },
+    Oom { process: String },
     Paused {},
     Resumed {},
-    Checkpointed {
-        image_path: String,
-    },
+    Checkpointed { image_path: String },
     Deleted {},
 }
 

@@ -20,10 +20,15 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    pub fn bind(path: &Path, registry: &Registry, listener_token: Token, conn_token: Token) -> Result<Self, String> {
+    pub fn bind(
+        path: &Path,
+        registry: &Registry,
+        listener_token: Token,
+        conn_token: Token,
+    ) -> Result<Self, String> {
         let _ = std::fs::remove_file(path);
-        let mut listener =
-            UnixListener::bind(path).map_err(|e| format!("cannot bind console socket {}: {e}", path.display()))?;
+        let mut listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot bind console socket {}: {e}", path.display()))?;
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
             .map_err(|e| format!("cannot watch console socket: {e}"))?;
@@ -58,7 +63,9 @@ impl ConsoleSocket {
                 Err(e) => return Err(format!("console socket accept: {e}")),
             }
         }
-        let Some(conn) = self.conn.as_ref() else { return Ok(None) };
+        let Some(conn) = self.conn.as_ref() else {
+            return Ok(None);
+        };
         match receive_fd(conn.as_raw_fd()) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::EAGAIN) => Ok(None),
@@ -79,7 +86,12 @@ fn receive_fd(sock: RawFd) -> Result<OwnedFd, Errno> {
     let mut name = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut name)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT)?;
+    let msg = recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
     let mut received: Option<OwnedFd> = None;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
@@ -100,7 +112,12 @@ fn receive_fd(sock: RawFd) -> Result<OwnedFd, Errno> {
 
 /// Sets the terminal's size (TIOCSWINSZ on the master).
 pub fn resize(master: RawFd, rows: u16, cols: u16) -> Result<(), String> {
-    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize struct we own.
     let r = unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &size) };
     if r < 0 {

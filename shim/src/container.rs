@@ -5,6 +5,7 @@
 //! - a process's exit is published only after its output has been relayed (or after
 //!   a grace period, if something else holds its output pipe open);
 //! - init's exit is published only after the exit of every exec.
+//!
 //! Every runtime call is a child in flight; its answer goes out when it is reaped.
 
 use crate::console::{self, ConsoleSocket};
@@ -75,13 +76,15 @@ impl Outbox {
     }
 
     fn reply(&mut self, ticket: Ticket, result: CallResult) {
-        self.outputs.push(Output::Reply(ticket, result));
+        self.outputs.push(Output::Reply(ticket, Box::new(result)));
     }
 
     /// Writes the exit record (atomically, before the event), publishes the exit and
     /// answers the process's waiters.
     fn publish_exit(&mut self, process: &mut Process) {
-        let Some(record) = process.exit.clone() else { return };
+        let Some(record) = process.exit.clone() else {
+            return;
+        };
         match serde_json::to_vec(&record) {
             Ok(json) => {
                 let path = self.dir.exit_record(&process.name);
@@ -93,7 +96,10 @@ impl Outbox {
         }
         self.publish(EventBody::Exit(record.clone()));
         for ticket in process.waiters.drain(..) {
-            self.outputs.push(Output::Reply(ticket, Ok(Answer::Exit(record.clone()))));
+            self.outputs.push(Output::Reply(
+                ticket,
+                Box::new(Ok(Answer::Exit(record.clone()))),
+            ));
         }
         process.exit_published = true;
     }
@@ -120,7 +126,12 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(id: String, bundle: PathBuf, runtime: Runtime, dir: StateDir) -> std::io::Result<Container> {
+    pub fn new(
+        id: String,
+        bundle: PathBuf,
+        runtime: Runtime,
+        dir: StateDir,
+    ) -> std::io::Result<Container> {
         let events = EventLog::create(dir.events())?;
         fs::create_dir_all(dir.exits_dir())?;
         Ok(Container {
@@ -136,7 +147,11 @@ impl Container {
             deleted: false,
             closing: false,
             tokens: Tokens(FIRST_CORE_TOKEN),
-            out: Outbox { dir: dir.clone(), events, outputs: Vec::new() },
+            out: Outbox {
+                dir: dir.clone(),
+                events,
+                outputs: Vec::new(),
+            },
             dir,
         })
     }
@@ -170,7 +185,10 @@ impl Container {
     /// Runs one call. `None`: the answer comes later, as an [`Output::Reply`].
     pub fn call(&mut self, ticket: Ticket, call: Call, registry: &Registry) -> Option<CallResult> {
         if self.closing && !matches!(call, Call::Hello | Call::State(_)) {
-            return Some(Err(err(ErrorKind::ShuttingDown, "the shim is shutting down")));
+            return Some(Err(err(
+                ErrorKind::ShuttingDown,
+                "the shim is shutting down",
+            )));
         }
         match call {
             Call::Hello => Some(Ok(Answer::Hello(self.hello()))),
@@ -204,21 +222,41 @@ impl Container {
 
     fn process(&self, name: Option<&str>) -> Result<&Process, RpcError> {
         let name = name.unwrap_or(INIT_PROCESS);
-        let found = if name == INIT_PROCESS { self.init.as_ref() } else { self.execs.get(name) };
+        let found = if name == INIT_PROCESS {
+            self.init.as_ref()
+        } else {
+            self.execs.get(name)
+        };
         found.ok_or_else(|| match name {
-            INIT_PROCESS => err(ErrorKind::WrongState, format!("container {} is not created", self.id)),
-            _ => err(ErrorKind::NotFound, format!("no process {name:?} in container {}", self.id)),
+            INIT_PROCESS => err(
+                ErrorKind::WrongState,
+                format!("container {} is not created", self.id),
+            ),
+            _ => err(
+                ErrorKind::NotFound,
+                format!("no process {name:?} in container {}", self.id),
+            ),
         })
     }
 
     fn process_mut(&mut self, name: Option<&str>) -> Result<&mut Process, RpcError> {
         self.process(name)?;
         let name = name.unwrap_or(INIT_PROCESS);
-        let found = if name == INIT_PROCESS { self.init.as_mut() } else { self.execs.get_mut(name) };
+        let found = if name == INIT_PROCESS {
+            self.init.as_mut()
+        } else {
+            self.execs.get_mut(name)
+        };
         found.ok_or_else(|| err(ErrorKind::Internal, "process vanished"))
     }
 
-    fn spawn_op(&mut self, kind: OpKind, ticket: Ticket, args: Vec<String>, io: RuntimeStdio) -> Result<(), RpcError> {
+    fn spawn_op(
+        &mut self,
+        kind: OpKind,
+        ticket: Ticket,
+        args: Vec<String>,
+        io: RuntimeStdio,
+    ) -> Result<(), RpcError> {
         let sub = args.first().cloned().unwrap_or_default();
         let what = format!("{} {sub}", runtime_name(&self.runtime.path));
         let log = self.dir.runtime_log(&op_file_tag(&kind, &sub));
@@ -226,13 +264,29 @@ impl Container {
             .runtime
             .spawn(&log, &args, io)
             .map_err(|e| err(ErrorKind::RuntimeFailed, format!("{what} failed: {e}")))?;
-        self.ops.insert(pid, Op { kind, ticket, what, log });
+        self.ops.insert(
+            pid,
+            Op {
+                kind,
+                ticket,
+                what,
+                log,
+            },
+        );
         Ok(())
     }
 
-    fn create(&mut self, ticket: Ticket, p: CreateParams, registry: &Registry) -> Result<(), RpcError> {
+    fn create(
+        &mut self,
+        ticket: Ticket,
+        p: CreateParams,
+        registry: &Registry,
+    ) -> Result<(), RpcError> {
         if self.init.is_some() || self.op_in_flight(|k| matches!(k, OpKind::Create)) {
-            return Err(err(ErrorKind::AlreadyExists, format!("container {} is already created", self.id)));
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("container {} is already created", self.id),
+            ));
         }
         let terminal = self.load_bundle()?;
         if let Some(asked) = p.terminal {
@@ -244,7 +298,13 @@ impl Container {
             }
         }
         let mut init = Process::new(INIT_PROCESS, terminal);
-        let io = setup_stdio(&mut init, [p.stdin, p.stdout, p.stderr], &self.dir, &mut self.tokens, registry)?;
+        let io = setup_stdio(
+            &mut init,
+            [p.stdin, p.stdout, p.stderr],
+            &self.dir,
+            &mut self.tokens,
+            registry,
+        )?;
         let mut args = vec![
             "create".to_string(),
             "--bundle".to_string(),
@@ -253,7 +313,10 @@ impl Container {
             self.dir.pid_file(INIT_PROCESS).display().to_string(),
         ];
         if let Some(console) = &init.console {
-            args.extend(["--console-socket".to_string(), console.path().display().to_string()]);
+            args.extend([
+                "--console-socket".to_string(),
+                console.path().display().to_string(),
+            ]);
         }
         args.push(self.id.clone());
         if let Err(e) = self.spawn_op(OpKind::Create, ticket, args, io) {
@@ -269,9 +332,10 @@ impl Container {
     fn load_bundle(&mut self) -> Result<bool, RpcError> {
         let config = self.bundle.join("config.json");
         let bad = |m: String| err(ErrorKind::InvalidBundle, m);
-        let text = fs::read_to_string(&config).map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
-        let spec: oci_spec::runtime::Spec =
-            serde_json::from_str(&text).map_err(|e| bad(format!("{} is not a valid OCI spec: {e}", config.display())))?;
+        let text = fs::read_to_string(&config)
+            .map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("{} is not a valid OCI spec: {e}", config.display())))?;
         let root = spec
             .root()
             .as_ref()
@@ -286,48 +350,84 @@ impl Container {
         }
         let raw: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         self.base_process = raw.get("process").cloned().unwrap_or(Value::Null);
-        Ok(spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false))
+        Ok(spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false))
     }
 
     fn start(&mut self, ticket: Ticket) -> Result<(), RpcError> {
         let status = self.status();
         let init = self.process_mut(None)?;
         if status != ContainerStatus::Created || init.launching || init.exit.is_some() {
-            return Err(err(ErrorKind::WrongState, format!("cannot start: container is {}", status_name(status))));
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot start: container is {}", status_name(status)),
+            ));
         }
         init.launching = true;
         let args = vec!["start".to_string(), self.id.clone()];
-        self.spawn_op(OpKind::Start, ticket, args, RuntimeStdio::default()).inspect_err(|_| {
-            if let Some(init) = self.init.as_mut() {
-                init.launching = false;
-            }
-        })
+        self.spawn_op(OpKind::Start, ticket, args, RuntimeStdio::default())
+            .inspect_err(|_| {
+                if let Some(init) = self.init.as_mut() {
+                    init.launching = false;
+                }
+            })
     }
 
     fn exec(&mut self, ticket: Ticket, p: ExecParams, registry: &Registry) -> Result<(), RpcError> {
-        state_dir::validate_id("exec id", &p.exec_id).map_err(|m| err(ErrorKind::InvalidParams, m))?;
+        state_dir::validate_id("exec id", &p.exec_id)
+            .map_err(|m| err(ErrorKind::InvalidParams, m))?;
         if p.exec_id == INIT_PROCESS {
-            return Err(err(ErrorKind::InvalidParams, "exec id \"init\" is reserved for the container's init"));
+            return Err(err(
+                ErrorKind::InvalidParams,
+                "exec id \"init\" is reserved for the container's init",
+            ));
         }
         if self.execs.contains_key(&p.exec_id) {
-            return Err(err(ErrorKind::AlreadyExists, format!("exec id {:?} is already in use", p.exec_id)));
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("exec id {:?} is already in use", p.exec_id),
+            ));
         }
         let status = self.status();
-        let init_alive = self.init.as_ref().is_some_and(|i| i.started && i.exit.is_none());
+        let init_alive = self
+            .init
+            .as_ref()
+            .is_some_and(|i| i.started && i.exit.is_none());
         if status != ContainerStatus::Running || !init_alive {
             return Err(err(
                 ErrorKind::WrongState,
-                format!("cannot exec: container {} is {}", self.id, status_name(status)),
+                format!(
+                    "cannot exec: container {} is {}",
+                    self.id,
+                    status_name(status)
+                ),
             ));
         }
         let spec = exec_spec(&self.base_process, &p.process)?;
-        let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(false);
+        let terminal = spec
+            .get("terminal")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let spec_path = self.dir.exec_spec(&p.exec_id);
-        let json = serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        fs::write(&spec_path, json)
-            .map_err(|e| err(ErrorKind::Internal, format!("cannot write {}: {e}", spec_path.display())))?;
+        let json =
+            serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        fs::write(&spec_path, json).map_err(|e| {
+            err(
+                ErrorKind::Internal,
+                format!("cannot write {}: {e}", spec_path.display()),
+            )
+        })?;
         let mut proc = Process::new(&p.exec_id, terminal);
-        let io = setup_stdio(&mut proc, [p.stdin, p.stdout, p.stderr], &self.dir, &mut self.tokens, registry)?;
+        let io = setup_stdio(
+            &mut proc,
+            [p.stdin, p.stdout, p.stderr],
+            &self.dir,
+            &mut self.tokens,
+            registry,
+        )?;
         let mut args = vec![
             "exec".to_string(),
             "--detach".to_string(),
@@ -337,7 +437,10 @@ impl Container {
             spec_path.display().to_string(),
         ];
         if let Some(console) = &proc.console {
-            args.extend(["--console-socket".to_string(), console.path().display().to_string()]);
+            args.extend([
+                "--console-socket".to_string(),
+                console.path().display().to_string(),
+            ]);
         }
         args.push(self.id.clone());
         if let Err(e) = self.spawn_op(OpKind::Exec(p.exec_id.clone()), ticket, args, io) {
@@ -350,22 +453,38 @@ impl Container {
 
     fn kill(&mut self, ticket: Ticket, p: KillParams) -> Option<CallResult> {
         let result = (|| {
-            let signal = p.signal.number().map_err(|m| err(ErrorKind::InvalidParams, m))?;
+            let signal = p
+                .signal
+                .number()
+                .map_err(|m| err(ErrorKind::InvalidParams, m))?;
             let name = p.process.as_deref().unwrap_or(INIT_PROCESS);
             let proc = self.process(Some(name))?;
             if p.all {
                 if name != INIT_PROCESS {
-                    return Err(err(ErrorKind::InvalidParams, "all: true applies to the container (init) only"));
+                    return Err(err(
+                        ErrorKind::InvalidParams,
+                        "all: true applies to the container (init) only",
+                    ));
                 }
-                let args = vec!["kill".to_string(), "--all".to_string(), self.id.clone(), signal.to_string()];
+                let args = vec![
+                    "kill".to_string(),
+                    "--all".to_string(),
+                    self.id.clone(),
+                    signal.to_string(),
+                ];
                 self.spawn_op(OpKind::KillAll, ticket, args, RuntimeStdio::default())?;
                 return Ok(None);
             }
             let Some(pid) = proc.pid.filter(|_| proc.exit.is_none()) else {
-                let why = if proc.exit.is_some() { "has already exited" } else { "is not created yet" };
+                let why = if proc.exit.is_some() {
+                    "has already exited"
+                } else {
+                    "is not created yet"
+                };
                 return Err(err(ErrorKind::WrongState, format!("process {name} {why}")));
             };
-            let sig = Signal::try_from(signal).map_err(|e| err(ErrorKind::InvalidParams, format!("signal {signal}: {e}")))?;
+            let sig = Signal::try_from(signal)
+                .map_err(|e| err(ErrorKind::InvalidParams, format!("signal {signal}: {e}")))?;
             // The pid cannot have been reused: the shim has not reaped it yet.
             nix::sys::signal::kill(Pid::from_raw(pid), sig)
                 .map_err(|e| err(ErrorKind::Internal, format!("kill {name} (pid {pid}): {e}")))?;
@@ -387,7 +506,9 @@ impl Container {
 
     fn state(&self, p: ProcessParams) -> CallResult {
         if p.process.is_some() {
-            return self.process(p.process.as_deref()).map(|proc| Answer::Process(proc.state()));
+            return self
+                .process(p.process.as_deref())
+                .map(|proc| Answer::Process(proc.state()));
         }
         let mut processes: Vec<ProcessState> = self.init.iter().map(Process::state).collect();
         processes.extend(self.execs.values().map(Process::state));
@@ -403,9 +524,18 @@ impl Container {
     fn pids(&mut self, ticket: Ticket) -> Result<(), RpcError> {
         self.process(None)?;
         let out = self.dir.runtime_stdout("ps");
-        let file = fs::File::create(&out).map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", out.display())))?;
-        let io = RuntimeStdio { stdout: Some(file.into()), ..Default::default() };
-        let args = vec!["ps".to_string(), "--format".to_string(), "json".to_string(), self.id.clone()];
+        let file = fs::File::create(&out)
+            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", out.display())))?;
+        let io = RuntimeStdio {
+            stdout: Some(file.into()),
+            ..Default::default()
+        };
+        let args = vec![
+            "ps".to_string(),
+            "--format".to_string(),
+            "json".to_string(),
+            self.id.clone(),
+        ];
         self.spawn_op(OpKind::Ps(out), ticket, args, io)
     }
 
@@ -418,33 +548,52 @@ impl Container {
     fn resize(&mut self, p: ResizeParams) -> CallResult {
         let proc = self.process_mut(p.process.as_deref())?;
         if !proc.terminal {
-            return Err(err(ErrorKind::WrongState, format!("process {} has no terminal", proc.name)));
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("process {} has no terminal", proc.name),
+            ));
         }
         match &proc.master {
-            Some(master) => console::resize(master.as_raw_fd(), p.rows, p.cols).map_err(|m| err(ErrorKind::Internal, m))?,
+            Some(master) => console::resize(master.as_raw_fd(), p.rows, p.cols)
+                .map_err(|m| err(ErrorKind::Internal, m))?,
             None => proc.pending_resize = Some((p.rows, p.cols)),
         }
         Ok(Answer::Empty(Empty {}))
     }
 
-    fn delete(&mut self, ticket: Ticket, p: DeleteParams, registry: &Registry) -> Option<CallResult> {
+    fn delete(
+        &mut self,
+        ticket: Ticket,
+        p: DeleteParams,
+        registry: &Registry,
+    ) -> Option<CallResult> {
         if let Some(name) = p.process.as_deref().filter(|n| *n != INIT_PROCESS) {
             return Some(self.delete_exec(name, registry));
         }
-        if self.pending_delete.is_some() || self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Start | OpKind::Delete)) {
-            return Some(Err(err(ErrorKind::WrongState, "another lifecycle call is in progress")));
+        if self.pending_delete.is_some()
+            || self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Start | OpKind::Delete))
+        {
+            return Some(Err(err(
+                ErrorKind::WrongState,
+                "another lifecycle call is in progress",
+            )));
         }
         let status = self.status();
         let force = match status {
             ContainerStatus::New => {
                 self.deleted = true;
-                self.out.outputs.push(Output::Exit { remove_state_dir: true });
+                self.out.outputs.push(Output::Exit {
+                    remove_state_dir: true,
+                });
                 return Some(Ok(Answer::Deleted(None)));
             }
             ContainerStatus::Running | ContainerStatus::Paused if !p.force => {
                 return Some(Err(err(
                     ErrorKind::WrongState,
-                    format!("container {} is running: kill it first, or delete with force", self.id),
+                    format!(
+                        "container {} is running: kill it first, or delete with force",
+                        self.id
+                    ),
                 )))
             }
             ContainerStatus::Running | ContainerStatus::Paused => true,
@@ -463,7 +612,10 @@ impl Container {
     fn delete_exec(&mut self, name: &str, registry: &Registry) -> CallResult {
         let proc = self.process(Some(name))?;
         if !proc.exit_published {
-            return Err(err(ErrorKind::WrongState, format!("exec {name} has not exited: kill it first")));
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("exec {name} has not exited: kill it first"),
+            ));
         }
         let Some(mut proc) = self.execs.remove(name) else {
             return Err(err(ErrorKind::NotFound, format!("no process {name:?}")));
@@ -484,7 +636,8 @@ impl Container {
     }
 
     fn shutdown(&mut self, p: ShutdownParams, registry: &Registry) -> CallResult {
-        let alive = self.init.as_ref().is_some_and(Process::is_alive) || self.execs.values().any(Process::is_alive);
+        let alive = self.init.as_ref().is_some_and(Process::is_alive)
+            || self.execs.values().any(Process::is_alive);
         if (alive || !self.ops.is_empty()) && !p.force {
             return Err(err(
                 ErrorKind::WrongState,
@@ -493,7 +646,10 @@ impl Container {
         }
         self.closing = true;
         self.release_all(registry);
-        let remove_state_dir = matches!(self.status(), ContainerStatus::New | ContainerStatus::Deleted);
+        let remove_state_dir = matches!(
+            self.status(),
+            ContainerStatus::New | ContainerStatus::Deleted
+        );
         self.out.outputs.push(Output::Exit { remove_state_dir });
         Ok(Answer::Empty(Empty {}))
     }
@@ -514,7 +670,11 @@ impl Container {
             } else if self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Exec(_))) {
                 self.unclaimed.insert(exit.pid, exit);
             } else {
-                crate::log!("reaped pid {} (not a process of the container), status {}", exit.pid, exit.status);
+                crate::log!(
+                    "reaped pid {} (not a process of the container), status {}",
+                    exit.pid,
+                    exit.status
+                );
             }
         }
         if !self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Exec(_))) {
@@ -532,7 +692,9 @@ impl Container {
     }
 
     fn process_exited(&mut self, name: &str, exit: &ChildExit, registry: &Registry) {
-        let Ok(proc) = self.process_mut(Some(name)) else { return };
+        let Ok(proc) = self.process_mut(Some(name)) else {
+            return;
+        };
         proc.set_exited(exit);
         // Take what is already in the pipes now.
         proc.pump(registry);
@@ -550,11 +712,15 @@ impl Container {
     /// Reads the pid file the runtime wrote and claims an exit that came first.
     fn adopt_pid(&mut self, name: &str, registry: &Registry) -> Result<i32, String> {
         let path = self.dir.pid_file(name);
-        let text = fs::read_to_string(&path).map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
-        let pid: i32 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("pid file {} holds {:?}, not a pid", path.display(), text.trim()))?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
+        let pid: i32 = text.trim().parse().map_err(|_| {
+            format!(
+                "pid file {} holds {:?}, not a pid",
+                path.display(),
+                text.trim()
+            )
+        })?;
         if let Ok(proc) = self.process_mut(Some(name)) {
             proc.pid = Some(pid);
         }
@@ -566,7 +732,12 @@ impl Container {
 
     fn finish_op(&mut self, op: Op, exit: ChildExit, registry: &Registry) {
         let ok = exit.status == 0;
-        let failure = || err(ErrorKind::RuntimeFailed, failure_message(&op.what, &op.log, exit.status));
+        let failure = || {
+            err(
+                ErrorKind::RuntimeFailed,
+                failure_message(&op.what, &op.log, exit.status),
+            )
+        };
         match op.kind {
             OpKind::Create => {
                 if !ok {
@@ -577,18 +748,28 @@ impl Container {
                 }
                 match self.adopt_pid(INIT_PROCESS, registry) {
                     Ok(pid) => {
-                        let Some(init) = self.init.as_mut() else { return };
+                        let Some(init) = self.init.as_mut() else {
+                            return;
+                        };
                         init.launching = false;
                         init.created = true;
-                        let result = CreateResult { pid, stdio: init.paths.clone(), terminal: init.terminal };
+                        let result = CreateResult {
+                            pid,
+                            stdio: init.paths.clone(),
+                            terminal: init.terminal,
+                        };
                         self.out.publish(EventBody::Created { pid });
                         self.out.reply(op.ticket, Ok(Answer::Created(result)));
                     }
-                    Err(m) => self.out.reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m))),
+                    Err(m) => self
+                        .out
+                        .reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m))),
                 }
             }
             OpKind::Start => {
-                let Some(init) = self.init.as_mut() else { return };
+                let Some(init) = self.init.as_mut() else {
+                    return;
+                };
                 init.launching = false;
                 if !ok {
                     return self.out.reply(op.ticket, Err(failure()));
@@ -596,7 +777,8 @@ impl Container {
                 init.started = true;
                 let pid = init.pid.unwrap_or(0);
                 self.out.publish(EventBody::Started { pid });
-                self.out.reply(op.ticket, Ok(Answer::Pid(PidResult { pid })));
+                self.out
+                    .reply(op.ticket, Ok(Answer::Pid(PidResult { pid })));
             }
             OpKind::Exec(name) => {
                 if !ok {
@@ -609,7 +791,9 @@ impl Container {
                 match self.adopt_pid(&name, registry) {
                     Ok(pid) => {
                         let init_gone = self.init.as_ref().is_none_or(|i| i.exit.is_some());
-                        let Some(proc) = self.execs.get_mut(&name) else { return };
+                        let Some(proc) = self.execs.get_mut(&name) else {
+                            return;
+                        };
                         proc.launching = false;
                         proc.created = true;
                         proc.started = true;
@@ -622,20 +806,28 @@ impl Container {
                         if init_gone && proc.exit.is_none() {
                             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                         }
-                        self.out.publish(EventBody::ExecAdded { exec_id: name.clone() });
-                        self.out.publish(EventBody::ExecStarted { exec_id: name, pid });
+                        self.out.publish(EventBody::ExecAdded {
+                            exec_id: name.clone(),
+                        });
+                        self.out
+                            .publish(EventBody::ExecStarted { exec_id: name, pid });
                         self.out.reply(op.ticket, Ok(Answer::Exec(result)));
                     }
                     Err(m) => {
                         if let Some(mut proc) = self.execs.remove(&name) {
                             proc.release(registry);
                         }
-                        self.out.reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m)));
+                        self.out
+                            .reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m)));
                     }
                 }
             }
             OpKind::KillAll => {
-                let result = if ok { Ok(Answer::Empty(Empty {})) } else { Err(failure()) };
+                let result = if ok {
+                    Ok(Answer::Empty(Empty {}))
+                } else {
+                    Err(failure())
+                };
                 self.out.reply(op.ticket, result);
             }
             OpKind::Delete => {
@@ -646,7 +838,11 @@ impl Container {
                 }
             }
             OpKind::Ps(out) => {
-                let result = if ok { self.parse_ps(&out) } else { Err(failure()) };
+                let result = if ok {
+                    self.parse_ps(&out)
+                } else {
+                    Err(failure())
+                };
                 let _ = fs::remove_file(&out);
                 self.out.reply(op.ticket, result);
             }
@@ -654,9 +850,14 @@ impl Container {
     }
 
     fn parse_ps(&self, out: &Path) -> CallResult {
-        let text = fs::read_to_string(out).map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", out.display())))?;
-        let pids: Vec<i32> = serde_json::from_str(text.trim())
-            .map_err(|e| err(ErrorKind::RuntimeFailed, format!("runtime ps printed no pid list: {e}")))?;
+        let text = fs::read_to_string(out)
+            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", out.display())))?;
+        let pids: Vec<i32> = serde_json::from_str(text.trim()).map_err(|e| {
+            err(
+                ErrorKind::RuntimeFailed,
+                format!("runtime ps printed no pid list: {e}"),
+            )
+        })?;
         let names: HashMap<i32, &str> = self
             .init
             .iter()
@@ -666,7 +867,10 @@ impl Container {
             .collect();
         Ok(Answer::Pids(
             pids.into_iter()
-                .map(|pid| ContainerPid { pid, process: names.get(&pid).map(|n| n.to_string()) })
+                .map(|pid| ContainerPid {
+                    pid,
+                    process: names.get(&pid).map(|n| n.to_string()),
+                })
                 .collect(),
         ))
     }
@@ -674,7 +878,11 @@ impl Container {
     /// Readiness of one of the core's fds.
     pub fn on_ready(&mut self, token: Token, registry: &Registry) {
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
-            if proc.console.as_ref().is_some_and(|c| c.tokens().contains(&token)) {
+            if proc
+                .console
+                .as_ref()
+                .is_some_and(|c| c.tokens().contains(&token))
+            {
                 attach_console(proc, &mut self.tokens, registry);
             } else if proc.owns_token(token) {
                 proc.pump(registry);
@@ -706,7 +914,8 @@ impl Container {
     fn try_publish(&mut self, registry: &Registry) {
         let now = Instant::now();
         let ready = |p: &Process| {
-            let drained = p.output_drained() || p.reaped_at.is_some_and(|t| now >= t + OUTPUT_GRACE);
+            let drained =
+                p.output_drained() || p.reaped_at.is_some_and(|t| now >= t + OUTPUT_GRACE);
             p.exit.is_some() && !p.exit_published && !p.launching && drained
         };
         for exec in self.execs.values_mut() {
@@ -724,7 +933,9 @@ impl Container {
         if let Some(init) = self.init.as_mut() {
             if execs_done && ready(init) {
                 if !init.output_drained() {
-                    crate::log!("init: output still open {OUTPUT_GRACE:?} after exit; publishing the exit");
+                    crate::log!(
+                        "init: output still open {OUTPUT_GRACE:?} after exit; publishing the exit"
+                    );
                 }
                 self.out.publish_exit(init);
             }
@@ -733,18 +944,25 @@ impl Container {
     }
 
     fn maybe_finish_delete(&mut self, registry: &Registry) {
-        let init_done = self.init.as_ref().is_none_or(|i| i.exit_published || i.pid.is_none());
+        let init_done = self
+            .init
+            .as_ref()
+            .is_none_or(|i| i.exit_published || i.pid.is_none());
         if !init_done {
             return;
         }
-        let Some(ticket) = self.pending_delete.take() else { return };
+        let Some(ticket) = self.pending_delete.take() else {
+            return;
+        };
         let record = self.init.as_ref().and_then(|i| i.exit.clone());
         self.out.publish(EventBody::Deleted {});
         self.deleted = true;
         self.closing = true;
         self.release_all(registry);
         self.out.reply(ticket, Ok(Answer::Deleted(record)));
-        self.out.outputs.push(Output::Exit { remove_state_dir: true });
+        self.out.outputs.push(Output::Exit {
+            remove_state_dir: true,
+        });
     }
 }
 
@@ -763,21 +981,43 @@ fn setup_stdio(
     let mut io = RuntimeStdio::default();
     if proc.terminal {
         if stderr.as_deref().is_some_and(|s| s != "/dev/null") {
-            return Err(err(ErrorKind::InvalidParams, "a terminal process has no separate stderr: leave stderr out"));
+            return Err(err(
+                ErrorKind::InvalidParams,
+                "a terminal process has no separate stderr: leave stderr out",
+            ));
         }
         for (stream, spec) in [(Stream::Stdin, stdin), (Stream::Stdout, stdout)] {
-            let end = stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name())).map_err(stdio_err)?;
+            let end = stdio::open_host_end(
+                stream,
+                spec.as_deref(),
+                &dir.fifo(&proc.name, stream.name()),
+            )
+            .map_err(stdio_err)?;
             set_path(proc, stream, &end);
             proc.pending_ends.push((stream, end));
         }
         let (a, b) = (tokens.next(), tokens.next());
-        proc.console = Some(ConsoleSocket::bind(&dir.console_socket(&proc.name), registry, a, b).map_err(stdio_err)?);
+        proc.console = Some(
+            ConsoleSocket::bind(&dir.console_socket(&proc.name), registry, a, b)
+                .map_err(stdio_err)?,
+        );
         return Ok(io);
     }
-    for (stream, spec) in [(Stream::Stdin, stdin), (Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
-        let end = stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name())).map_err(stdio_err)?;
+    for (stream, spec) in [
+        (Stream::Stdin, stdin),
+        (Stream::Stdout, stdout),
+        (Stream::Stderr, stderr),
+    ] {
+        let end = stdio::open_host_end(
+            stream,
+            spec.as_deref(),
+            &dir.fifo(&proc.name, stream.name()),
+        )
+        .map_err(stdio_err)?;
         set_path(proc, stream, &end);
-        let HostEnd::Open { fd, keepalive, .. } = end else { continue };
+        let HostEnd::Open { fd, keepalive, .. } = end else {
+            continue;
+        };
         let (read, write) = stdio::pipe().map_err(stdio_err)?;
         let (relay, child_end) = match stream {
             Stream::Stdin => (Relay::new(stream, fd, write, None, false), read),
@@ -810,7 +1050,9 @@ fn set_path(proc: &mut Process, stream: Stream, end: &HostEnd) {
 
 /// The console socket is readable: take the master when it comes and relay it.
 fn attach_console(proc: &mut Process, tokens: &mut Tokens, registry: &Registry) {
-    let Some(socket) = proc.console.as_mut() else { return };
+    let Some(socket) = proc.console.as_mut() else {
+        return;
+    };
     let master = match socket.poll(registry) {
         Ok(Some(master)) => master,
         Ok(None) => return,
@@ -828,7 +1070,9 @@ fn attach_console(proc: &mut Process, tokens: &mut Tokens, registry: &Registry) 
         }
     }
     for (stream, end) in std::mem::take(&mut proc.pending_ends) {
-        let HostEnd::Open { fd, keepalive, .. } = end else { continue };
+        let HostEnd::Open { fd, keepalive, .. } = end else {
+            continue;
+        };
         let dup = match master.try_clone() {
             Ok(d) => d,
             Err(e) => {
@@ -853,7 +1097,8 @@ fn attach_console(proc: &mut Process, tokens: &mut Tokens, registry: &Registry) 
 }
 
 /// An exec's process spec: config.json's `process` with the client's fields laid over
-/// it (so `{"args":["sh"]}` is enough), checked against the OCI schema.
+/// it (so `{"args":["sh"]}` is enough), checked against the OCI schema. `env` is
+/// merged by variable name, so `{"env":["X=1"]}` keeps the bundle's PATH.
 fn exec_spec(base: &Value, given: &Value) -> Result<Value, RpcError> {
     let bad = |m: String| err(ErrorKind::InvalidParams, m);
     let Value::Object(given) = given else {
@@ -864,18 +1109,41 @@ fn exec_spec(base: &Value, given: &Value) -> Result<Value, RpcError> {
         _ => serde_json::Map::new(),
     };
     for (k, v) in given {
-        spec.insert(k.clone(), v.clone());
+        let merged = match (k.as_str(), spec.get(k), v) {
+            ("env", Some(Value::Array(base_env)), Value::Array(env)) => {
+                Value::Array(merge_env(base_env, env))
+            }
+            _ => v.clone(),
+        };
+        spec.insert(k.clone(), merged);
     }
     let spec = Value::Object(spec);
-    let parsed: oci_spec::runtime::Process =
-        serde_json::from_value(spec.clone()).map_err(|e| bad(format!("process is not a valid OCI process: {e}")))?;
+    let parsed: oci_spec::runtime::Process = serde_json::from_value(spec.clone())
+        .map_err(|e| bad(format!("process is not a valid OCI process: {e}")))?;
     if parsed.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(bad("process.args must name a program".to_string()));
     }
     if !parsed.cwd().is_absolute() {
-        return Err(bad(format!("process.cwd {} is not absolute", parsed.cwd().display())));
+        return Err(bad(format!(
+            "process.cwd {} is not absolute",
+            parsed.cwd().display()
+        )));
     }
     Ok(spec)
+}
+
+/// `base` with `over` laid on it, variable by variable (`NAME=value`).
+fn merge_env(base: &[Value], over: &[Value]) -> Vec<Value> {
+    let name = |v: &Value| {
+        v.as_str()
+            .map(|s| s.split('=').next().unwrap_or(s).to_string())
+    };
+    let overridden: std::collections::HashSet<String> = over.iter().filter_map(name).collect();
+    base.iter()
+        .filter(|v| name(v).is_none_or(|n| !overridden.contains(&n)))
+        .chain(over.iter())
+        .cloned()
+        .collect()
 }
 
 fn runtime_name(path: &str) -> &str {
@@ -907,7 +1175,9 @@ mod tests {
         let base = json!({"args":["sh"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}});
         let spec = exec_spec(&base, &json!({"args":["echo","hi"],"env":["X=42"]})).unwrap();
         assert_eq!(spec["args"], json!(["echo", "hi"]));
-        assert_eq!(spec["env"], json!(["X=42"]));
+        assert_eq!(spec["env"], json!(["PATH=/bin", "X=42"]));
+        let spec = exec_spec(&base, &json!({"env":["PATH=/x"]})).unwrap();
+        assert_eq!(spec["env"], json!(["PATH=/x"]));
         assert_eq!(spec["cwd"], "/");
     }
 

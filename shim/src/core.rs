@@ -51,10 +51,12 @@ pub enum Answer {
 pub type CallResult = Result<Answer, RpcError>;
 
 pub enum Output {
-    Reply(Ticket, CallResult),
+    Reply(Ticket, Box<CallResult>),
     Event(Rc<Published>),
     /// The shim is done: answer what is queued, then exit.
-    Exit { remove_state_dir: bool },
+    Exit {
+        remove_state_dir: bool,
+    },
 }
 
 pub fn err(kind: ErrorKind, message: impl Into<String>) -> RpcError {

@@ -31,14 +31,26 @@ pub struct EventLog {
 #[derive(Debug)]
 pub enum ReplayError {
     /// Events after `since` are no longer all kept.
-    Compacted { since: u64, first_seq: u64 },
+    Compacted {
+        since: u64,
+        first_seq: u64,
+    },
     Io(io::Error),
 }
 
 impl EventLog {
     pub fn create(path: PathBuf) -> io::Result<EventLog> {
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
-        Ok(EventLog { path, file, last_seq: 0, first_seq: 1 })
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        Ok(EventLog {
+            path,
+            file,
+            last_seq: 0,
+            first_seq: 1,
+        })
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -52,14 +64,22 @@ impl EventLog {
     /// Gives `body` the next seq and appends it to the file. A failed write is logged
     /// and the event still goes out: the live subscribers must not miss it.
     pub fn append(&mut self, body: EventBody) -> Rc<Published> {
-        let event = Event { seq: self.last_seq + 1, ts: tether_protocol::time::now(), body };
+        let event = Event {
+            seq: self.last_seq + 1,
+            ts: tether_protocol::time::now(),
+            body,
+        };
         // Serializing these plain structs cannot fail; an empty object is the fallback.
         let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
         let mut line = Vec::with_capacity(json.len() + 1);
         line.extend_from_slice(json.as_bytes());
         line.push(b'\n');
         if let Err(e) = self.file.write_all(&line) {
-            crate::log!("cannot append event {} to {}: {e}", event.seq, self.path.display());
+            crate::log!(
+                "cannot append event {} to {}: {e}",
+                event.seq,
+                self.path.display()
+            );
         }
         self.last_seq = event.seq;
         if self.last_seq + 1 - self.first_seq >= COMPACT_AT {
@@ -95,7 +115,10 @@ impl EventLog {
             return Ok(Vec::new());
         }
         if since + 1 < self.first_seq {
-            return Err(ReplayError::Compacted { since, first_seq: self.first_seq });
+            return Err(ReplayError::Compacted {
+                since,
+                first_seq: self.first_seq,
+            });
         }
         self.read_lines_after(since).map_err(ReplayError::Io)
     }
@@ -135,7 +158,10 @@ mod tests {
         let (dir, mut log) = temp_log("replay");
         for pid in 1..=5 {
             let p = log.append(EventBody::Created { pid });
-            assert_eq!(serde_json::from_str::<Event>(&p.json).unwrap().seq, pid as u64);
+            assert_eq!(
+                serde_json::from_str::<Event>(&p.json).unwrap().seq,
+                pid as u64
+            );
         }
         let after2: Vec<u64> = log
             .replay(2)
@@ -154,12 +180,21 @@ mod tests {
         for _ in 0..(COMPACT_AT * 3) {
             log.append(EventBody::Paused {});
         }
-        let lines = fs::read_to_string(dir.join("events.jsonl")).unwrap().lines().count() as u64;
+        let lines = fs::read_to_string(dir.join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .count() as u64;
         assert!(lines < COMPACT_AT, "{lines} lines kept");
         let first = log.first_seq();
         assert!(first > 1);
-        assert_eq!(log.replay(first - 1).unwrap().len() as u64, log.last_seq() - first + 1);
-        assert!(matches!(log.replay(first - 2), Err(ReplayError::Compacted { .. })));
+        assert_eq!(
+            log.replay(first - 1).unwrap().len() as u64,
+            log.last_seq() - first + 1
+        );
+        assert!(matches!(
+            log.replay(first - 2),
+            Err(ReplayError::Compacted { .. })
+        ));
         let seqs: Vec<u64> = log
             .replay(log.last_seq() - 3)
             .unwrap()

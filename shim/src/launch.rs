@@ -73,7 +73,9 @@ pub fn start(opts: LaunchOptions) -> i32 {
 
 fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
     if dir.root.exists() {
-        let pid = fs::read_to_string(dir.shim_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        let pid = fs::read_to_string(dir.shim_pid())
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
         return Err(match pid.filter(|p| crate::cleanup::pid_alive(*p)) {
             Some(pid) => format!("a shim for {id} is already running (pid {pid}, {})", dir.root.display()),
             None => format!(
@@ -82,7 +84,8 @@ fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
             ),
         });
     }
-    dir.create().map_err(|e| format!("cannot create state dir {}: {e}", dir.root.display()))
+    dir.create()
+        .map_err(|e| format!("cannot create state dir {}: {e}", dir.root.display()))
 }
 
 /// The shim itself, in the forked child. Returns its exit code.
@@ -92,7 +95,12 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
         Ok(server) => {
             let _ = ready.write_all(b"ok");
             drop(ready);
-            crate::log!("shim {} serving {} (bundle {})", std::process::id(), dir.socket().display(), opts.bundle.display());
+            crate::log!(
+                "shim {} serving {} (bundle {})",
+                std::process::id(),
+                dir.socket().display(),
+                opts.bundle.display()
+            );
             match server.run() {
                 Ok(()) => 0,
                 Err(e) => {
@@ -113,7 +121,10 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir) -> Result<Server, String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(format!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let log = OpenOptions::new()
@@ -139,12 +150,20 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir) -> Result<Server, String> {
     let socket = dir.socket();
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod socket: {e}"))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod socket: {e}"))?;
     let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;
-    state_dir::write_atomic(&dir.options(), &options).map_err(|e| format!("cannot write options: {e}"))?;
-    let core = Container::new(opts.id.clone(), opts.bundle.clone(), opts.runtime.clone(), dir.clone())
-        .map_err(|e| format!("cannot set up {}: {e}", dir.root.display()))?;
-    let server = Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
+    state_dir::write_atomic(&dir.options(), &options)
+        .map_err(|e| format!("cannot write options: {e}"))?;
+    let core = Container::new(
+        opts.id.clone(),
+        opts.bundle.clone(),
+        opts.runtime.clone(),
+        dir.clone(),
+    )
+    .map_err(|e| format!("cannot set up {}: {e}", dir.root.display()))?;
+    let server =
+        Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
     state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
         .map_err(|e| format!("cannot write pid file: {e}"))?;
     Ok(server)

@@ -44,10 +44,20 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { runtime: Runtime { path: "runc".into(), ..Default::default() }, ..Default::default() };
+    let mut a = Args {
+        runtime: Runtime {
+            path: "runc".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--id" => a.id = Some(value()?),
             "--bundle" => a.bundle = Some(PathBuf::from(value()?)),
@@ -76,7 +86,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("--version") | Some("version") => {
-            println!("tether-shim {} (protocol {})", env!("CARGO_PKG_VERSION"), tether_protocol::PROTOCOL_VERSION);
+            println!(
+                "tether-shim {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                tether_protocol::PROTOCOL_VERSION
+            );
             0
         }
         Some("start") => match start_options(&args[1..]) {
@@ -119,5 +133,10 @@ fn start_options(args: &[String]) -> Result<LaunchOptions, String> {
         return Err(format!("bundle {} is not a directory", bundle.display()));
     }
     let dir = state_dir(&a, &id);
-    Ok(LaunchOptions { id, bundle, state_dir: dir.root, runtime: a.runtime })
+    Ok(LaunchOptions {
+        id,
+        bundle,
+        state_dir: dir.root,
+        runtime: a.runtime,
+    })
 }

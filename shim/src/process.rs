@@ -107,12 +107,19 @@ impl Process {
     /// is in its destination.
     pub fn output_drained(&self) -> bool {
         let waiting_for_master = self.terminal && self.console.is_some();
-        !waiting_for_master && self.relays.iter().all(|r| r.stream == Stream::Stdin || r.is_done())
+        !waiting_for_master
+            && self
+                .relays
+                .iter()
+                .all(|r| r.stream == Stream::Stdin || r.is_done())
     }
 
     pub fn owns_token(&self, token: Token) -> bool {
         self.relays.iter().any(|r| r.tokens().any(|t| t == token))
-            || self.console.as_ref().is_some_and(|c| c.tokens().contains(&token))
+            || self
+                .console
+                .as_ref()
+                .is_some_and(|c| c.tokens().contains(&token))
     }
 
     /// Pumps every relay (after readiness, or at exit to take the last bytes).

@@ -19,7 +19,11 @@ pub struct Front {
 
 impl Default for Front {
     fn default() -> Self {
-        Front { conns: HashMap::new(), pending: HashMap::new(), next_ticket: 1 }
+        Front {
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            next_ticket: 1,
+        }
     }
 }
 
@@ -63,8 +67,19 @@ fn parse_call(method: &str, p: Value) -> Result<Call, RpcError> {
 }
 
 const METHODS: &[&str] = &[
-    "hello", "create", "start", "exec", "kill", "wait", "state", "pids", "close_stdin", "resize", "delete",
-    "subscribe", "shutdown",
+    "hello",
+    "create",
+    "start",
+    "exec",
+    "kill",
+    "wait",
+    "state",
+    "pids",
+    "close_stdin",
+    "resize",
+    "delete",
+    "subscribe",
+    "shutdown",
 ];
 
 impl Front {
@@ -74,7 +89,9 @@ impl Front {
 
     /// Readiness on a connection: read and serve its lines, write what is queued.
     pub fn on_ready(&mut self, token: Token, core: &mut Container, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
         let (lines, end) = conn.read_lines();
         for l in lines {
             self.serve_line(token, &l, core, registry);
@@ -109,9 +126,14 @@ impl Front {
     }
 
     fn send(&mut self, token: Token, bytes: Vec<u8>, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
         if !conn.queue(bytes) {
-            let reason = format!("client too slow: more than {} bytes queued", crate::conn::MAX_QUEUED);
+            let reason = format!(
+                "client too slow: more than {} bytes queued",
+                crate::conn::MAX_QUEUED
+            );
             self.drop_conn(token, registry, Some(&reason));
         }
     }
@@ -143,13 +165,20 @@ impl Front {
         match core.call(ticket, call, registry) {
             Some(result) => self.send_result(token, id, result, registry),
             None => {
-                self.pending.insert(ticket, (token, id.unwrap_or(Value::Null)));
+                self.pending
+                    .insert(ticket, (token, id.unwrap_or(Value::Null)));
             }
         }
     }
 
     /// A request without id is a notification: it runs, nothing is sent back.
-    fn send_result(&mut self, token: Token, id: Option<Value>, result: CallResult, registry: &Registry) {
+    fn send_result(
+        &mut self,
+        token: Token,
+        id: Option<Value>,
+        result: CallResult,
+        registry: &Registry,
+    ) {
         let Some(id) = id else { return };
         let bytes = match result {
             Ok(answer) => match serde_json::to_value(&answer) {
@@ -161,7 +190,14 @@ impl Front {
         self.send(token, bytes, registry);
     }
 
-    fn subscribe(&mut self, token: Token, id: Option<Value>, p: Value, core: &Container, registry: &Registry) {
+    fn subscribe(
+        &mut self,
+        token: Token,
+        id: Option<Value>,
+        p: Value,
+        core: &Container,
+        registry: &Registry,
+    ) {
         let p: SubscribeParams = match params("subscribe", p) {
             Ok(p) => p,
             Err(e) => return self.send_result(token, id, Err(e), registry),
@@ -182,14 +218,24 @@ impl Front {
                     return self.send_result(token, id, Err(e), registry);
                 }
                 Err(crate::events::ReplayError::Io(e)) => {
-                    let e = err(ErrorKind::Internal, format!("cannot read the event log: {e}"));
+                    let e = err(
+                        ErrorKind::Internal,
+                        format!("cannot read the event log: {e}"),
+                    );
                     return self.send_result(token, id, Err(e), registry);
                 }
             },
         };
         if let Some(id) = id {
-            let result = SubscribeResult { replay_to: log.last_seq(), replayed: replay.len() as u64 };
-            self.send(token, line(&json!({"jsonrpc": "2.0", "id": id, "result": result})), registry);
+            let result = SubscribeResult {
+                replay_to: log.last_seq(),
+                replayed: replay.len() as u64,
+            };
+            self.send(
+                token,
+                line(&json!({"jsonrpc": "2.0", "id": id, "result": result})),
+                registry,
+            );
         }
         for event in replay {
             self.send(token, event_line(&event), registry);
@@ -207,13 +253,17 @@ impl Front {
                 Output::Reply(ticket, result) => {
                     if let Some((token, id)) = self.pending.remove(&ticket) {
                         let id = if id.is_null() { None } else { Some(id) };
-                        self.send_result(token, id, result, registry);
+                        self.send_result(token, id, *result, registry);
                     }
                 }
                 Output::Event(published) => {
                     let bytes = event_line(&published.json);
-                    let subscribers: Vec<Token> =
-                        self.conns.iter().filter(|(_, c)| c.subscribed).map(|(t, _)| *t).collect();
+                    let subscribers: Vec<Token> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| c.subscribed)
+                        .map(|(t, _)| *t)
+                        .collect();
                     for token in subscribers {
                         self.send(token, bytes.clone(), registry);
                     }
@@ -221,7 +271,12 @@ impl Front {
                 Output::Exit { remove_state_dir } => exit = Some(remove_state_dir),
             }
         }
-        let tokens: Vec<Token> = self.conns.iter().filter(|(_, c)| c.has_pending()).map(|(t, _)| *t).collect();
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.has_pending())
+            .map(|(t, _)| *t)
+            .collect();
         for token in tokens {
             self.flush(token, registry);
         }
@@ -252,7 +307,10 @@ fn split_request(value: Value) -> Result<(Option<Value>, String, Value), (Value,
     let id_shown = id.clone().unwrap_or(Value::Null);
     if let Some(id) = &id {
         if !(id.is_string() || id.is_number() || id.is_null()) {
-            return Err(invalid(&Value::Null, "id must be a string, a number or null"));
+            return Err(invalid(
+                &Value::Null,
+                "id must be a string, a number or null",
+            ));
         }
     }
     match obj.get("jsonrpc") {
@@ -266,7 +324,10 @@ fn split_request(value: Value) -> Result<(Option<Value>, String, Value), (Value,
     };
     let p = obj.remove("params").unwrap_or(Value::Null);
     if !(p.is_object() || p.is_null()) {
-        return Err((id_shown, err(ErrorKind::InvalidParams, "params must be an object")));
+        return Err((
+            id_shown,
+            err(ErrorKind::InvalidParams, "params must be an object"),
+        ));
     }
     Ok((id, method, p))
 }
@@ -293,6 +354,9 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::MethodNotFound);
         let e = parse_call("kill", json!({"signal": {}})).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidParams);
-        assert!(matches!(parse_call("state", Value::Null), Ok(Call::State(_))));
+        assert!(matches!(
+            parse_call("state", Value::Null),
+            Ok(Call::State(_))
+        ));
     }
 }

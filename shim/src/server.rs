@@ -30,14 +30,28 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(listener: std::os::unix::net::UnixListener, core: Container, dir: StateDir) -> io::Result<Server> {
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        core: Container,
+        dir: StateDir,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         listener.set_nonblocking(true)?;
         let mut listener = UnixListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGCHLD, SIGTERM])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        Ok(Server { poll, listener, signals, front: Default::default(), core, dir, next_conn: FIRST_CONN })
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener,
+            signals,
+            front: Default::default(),
+            core,
+            dir,
+            next_conn: FIRST_CONN,
+        })
     }
 
     /// Serves until the container is deleted or `shutdown` is called.
@@ -139,7 +153,8 @@ impl Server {
 fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     use std::os::fd::AsFd;
-    let creds = getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let creds =
+        getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     let me = nix::unistd::geteuid().as_raw();
     if creds.uid() == me || creds.uid() == 0 {
         Ok(())

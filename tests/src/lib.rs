@@ -18,7 +18,10 @@ pub use tether_protocol;
 pub fn require_root_and_runc() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "these integration tests need root (CI runs as root); run scripts/test as root");
+    assert_eq!(
+        euid, 0,
+        "these integration tests need root (CI runs as root); run scripts/test as root"
+    );
     let runc = Command::new("runc").arg("--version").output();
     assert!(
         runc.map(|o| o.status.success()).unwrap_or(false),
@@ -40,7 +43,11 @@ pub fn target_dir() -> PathBuf {
 /// A binary of the workspace (`tether-shim`, `tetherctl`), built by `cargo build`.
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build` first (scripts/test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build` first (scripts/test does)",
+        path.display()
+    );
     path
 }
 
@@ -80,7 +87,11 @@ pub fn shared_rootfs() -> PathBuf {
         return dir;
     }
     // Build it aside and rename: concurrent test binaries race here.
-    let tmp = std::env::temp_dir().join(format!("tether-test-rootfs.{}.{}", std::process::id(), unique()));
+    let tmp = std::env::temp_dir().join(format!(
+        "tether-test-rootfs.{}.{}",
+        std::process::id(),
+        unique()
+    ));
     make_rootfs(&tmp).expect("make busybox rootfs");
     if fs::rename(&tmp, &dir).is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -148,7 +159,12 @@ impl BundleSpec {
     pub fn config(&self) -> Value {
         let rootfs = self.rootfs.clone().unwrap_or_else(shared_rootfs);
         let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-        let mut namespaces = vec![json!({"type":"ipc"}), json!({"type":"uts"}), json!({"type":"mount"}), json!({"type":"network"})];
+        let mut namespaces = vec![
+            json!({"type":"ipc"}),
+            json!({"type":"uts"}),
+            json!({"type":"mount"}),
+            json!({"type":"network"}),
+        ];
         if !self.shared_pid_ns {
             namespaces.push(json!({"type":"pid"}));
         }
@@ -190,7 +206,11 @@ impl BundleSpec {
     /// Writes the bundle at `dir`.
     pub fn write(&self, dir: &Path) -> PathBuf {
         fs::create_dir_all(dir).expect("bundle dir");
-        fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&self.config()).expect("json")).expect("config.json");
+        fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config()).expect("json"),
+        )
+        .expect("config.json");
         dir.to_path_buf()
     }
 }
@@ -245,20 +265,35 @@ impl Shim {
             .args(extra)
             .output()
             .expect("run tether-shim start");
-        assert!(out.status.success(), "tether-shim start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tether-shim start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let socket = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         assert_eq!(socket, state_dir.join("shim.sock"));
-        Shim { id, socket, state_dir, bundle, work }
+        Shim {
+            id,
+            socket,
+            state_dir,
+            bundle,
+            work,
+        }
     }
 
     pub fn client(&self) -> Client {
         let c = Client::connect(&self.socket).expect("connect to shim");
-        c.set_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        c.set_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         c
     }
 
     pub fn pid(&self) -> i32 {
-        fs::read_to_string(self.state_dir.join("shim.pid")).expect("shim.pid").trim().parse().expect("pid")
+        fs::read_to_string(self.state_dir.join("shim.pid"))
+            .expect("shim.pid")
+            .trim()
+            .parse()
+            .expect("pid")
     }
 }
 
@@ -274,7 +309,9 @@ impl Drop for Shim {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let _ = Command::new("runc").args(["delete", "--force", &self.id]).output();
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .output();
     }
 }
 
@@ -282,7 +319,11 @@ impl Drop for Shim {
 pub fn read_fifo_to_end(path: &Path, timeout: Duration) -> Vec<u8> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).expect("open fifo");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open fifo");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut f = f;
@@ -292,7 +333,12 @@ pub fn read_fifo_to_end(path: &Path, timeout: Duration) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "no EOF on {} within {timeout:?}; got {:?}", path.display(), String::from_utf8_lossy(&out));
+                assert!(
+                    Instant::now() < deadline,
+                    "no EOF on {} within {timeout:?}; got {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(&out)
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => panic!("read {}: {e}", path.display()),
@@ -304,7 +350,11 @@ pub fn read_fifo_to_end(path: &Path, timeout: Duration) -> Vec<u8> {
 pub fn pid_gone(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()) == Some('Z'),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+                == Some('Z')
+        }
     }
 }
 
@@ -312,7 +362,10 @@ pub fn pid_gone(pid: i32) -> bool {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

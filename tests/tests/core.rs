@@ -77,7 +77,13 @@ fn exit_code_is_reported() {
 fn sigkill_gives_137_and_wait_works_before_and_after_exit() {
     let shim = Shim::launch(&BundleSpec::new(&["sleep", "1000"]));
     let mut c = shim.client();
-    c.create(&CreateParams { stdout: Some("/dev/null".into()), stderr: Some("/dev/null".into()), stdin: Some("/dev/null".into()), ..Default::default() }).unwrap();
+    c.create(&CreateParams {
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        stdin: Some("/dev/null".into()),
+        ..Default::default()
+    })
+    .unwrap();
     c.start().unwrap();
     // A second client waits before the exit.
     let mut waiter = shim.client();
@@ -104,9 +110,17 @@ fn instant_exit_still_gets_started_before_exit() {
         let shim = Shim::launch(&BundleSpec::new(&["true"]));
         let (events, record, _, _) = run_to_exit(&shim);
         assert_eq!(record.status, Some(0));
-        let started = events.iter().find(|e| e.body.name() == "started").expect("started event");
+        let started = events
+            .iter()
+            .find(|e| e.body.name() == "started")
+            .expect("started event");
         let exit = events.iter().find(|e| is_exit(e, "init")).unwrap();
-        assert!(started.seq < exit.seq, "started {} must precede exit {}", started.seq, exit.seq);
+        assert!(
+            started.seq < exit.seq,
+            "started {} must precede exit {}",
+            started.seq,
+            exit.seq
+        );
     }
 }
 
@@ -127,8 +141,13 @@ fn runtime_failure_carries_runcs_own_message() {
     let shim = Shim::launch(&BundleSpec::new(&["/no/such/program"]));
     let mut c = shim.client();
     let e = c
-        .create(&CreateParams { stdout: Some("/dev/null".into()), stderr: Some("/dev/null".into()), stdin: Some("/dev/null".into()), ..Default::default() })
-        .and_then(|_| c.start().map(|_| ()).map_err(|e| e));
+        .create(&CreateParams {
+            stdout: Some("/dev/null".into()),
+            stderr: Some("/dev/null".into()),
+            stdin: Some("/dev/null".into()),
+            ..Default::default()
+        })
+        .and_then(|_| c.start().map(|_| ()));
     let e = e.expect_err("runc must refuse a missing program");
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed));
     let msg = e.to_string();
@@ -165,21 +184,44 @@ fn garbage_gets_errors_and_breaks_nothing() {
         (b"this is not json\n", "parse_error"),
         (b"{\"id\":1,\"method\":\"hel\n", "parse_error"),
         (b"[1,2,3]\n", "invalid_request"),
-        (b"{\"id\":2,\"method\":\"frobnicate\"}\n", "method_not_found"),
-        (b"{\"id\":3,\"method\":\"kill\",\"params\":{\"signal\":\"SIGNOPE\"}}\n", "invalid_params"),
-        (b"{\"id\":4,\"method\":\"kill\",\"params\":{\"sginal\":9}}\n", "invalid_params"),
+        (
+            b"{\"id\":2,\"method\":\"frobnicate\"}\n",
+            "method_not_found",
+        ),
+        (
+            b"{\"id\":3,\"method\":\"kill\",\"params\":{\"signal\":\"SIGNOPE\"}}\n",
+            "invalid_params",
+        ),
+        (
+            b"{\"id\":4,\"method\":\"kill\",\"params\":{\"sginal\":9}}\n",
+            "invalid_params",
+        ),
         (b"{\"id\":5,\"method\":\"start\"}\n", "wrong_state"),
-        (b"{\"id\":6,\"method\":\"wait\",\"params\":{\"process\":\"nope\"}}\n", "not_found"),
-        (b"{\"id\":{\"x\":1},\"method\":\"hello\"}\n", "invalid_request"),
+        (
+            b"{\"id\":6,\"method\":\"wait\",\"params\":{\"process\":\"nope\"}}\n",
+            "not_found",
+        ),
+        (
+            b"{\"id\":{\"x\":1},\"method\":\"hello\"}\n",
+            "invalid_request",
+        ),
     ];
     for (line, kind) in cases {
         w.write_all(line).unwrap();
         let v = raw_line(&mut r);
-        assert_eq!(v["error"]["data"]["kind"], *kind, "for {:?}: {v}", String::from_utf8_lossy(line));
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            v["error"]["data"]["kind"],
+            *kind,
+            "for {:?}: {v}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     // Same connection still serves, and without "jsonrpc" (a person typing).
-    w.write_all(b"{\"id\":\"x\",\"method\":\"hello\"}\n").unwrap();
+    w.write_all(b"{\"id\":\"x\",\"method\":\"hello\"}\n")
+        .unwrap();
     let v = raw_line(&mut r);
     assert_eq!(v["id"], "x");
     assert_eq!(v["result"]["id"], shim.id.as_str());
@@ -192,7 +234,10 @@ fn garbage_gets_errors_and_breaks_nothing() {
     let _ = r.read_line(&mut rest); // the "closing" notice, if it got through
     let mut after = String::new();
     let n = r.read_line(&mut after).unwrap_or(0);
-    assert_eq!(n, 0, "connection should be closed after an oversize line, got {after:?}");
+    assert_eq!(
+        n, 0,
+        "connection should be closed after an oversize line, got {after:?}"
+    );
 
     // The other client and the shim are unaffected.
     assert_eq!(other.hello().unwrap().status, ContainerStatus::New);
@@ -208,7 +253,13 @@ fn two_subscribers_see_the_same_events_and_since_replays_exactly() {
     a.subscribe(None).unwrap();
     b.subscribe(None).unwrap();
     let mut c = shim.client();
-    c.create(&CreateParams { stdout: Some("/dev/null".into()), stderr: Some("/dev/null".into()), stdin: Some("/dev/null".into()), ..Default::default() }).unwrap();
+    c.create(&CreateParams {
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        stdin: Some("/dev/null".into()),
+        ..Default::default()
+    })
+    .unwrap();
     c.start().unwrap();
     let ea = events_until(&mut a, |e| is_exit(e, "init"));
     let eb = events_until(&mut b, |e| is_exit(e, "init"));
@@ -229,13 +280,39 @@ fn delete_leaves_nothing_behind() {
     let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", "exit 3"]));
     let shim_pid = shim.pid();
     let stat = fs::read_to_string(format!("/proc/{shim_pid}/stat")).unwrap();
-    let ppid: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert_ne!(ppid, std::process::id() as i32, "the shim must not be a child of its launcher's caller");
-    let sid = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap().parse::<i32>().unwrap();
+    let ppid: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        ppid,
+        std::process::id() as i32,
+        "the shim must not be a child of its launcher's caller"
+    );
+    let sid = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
     assert_eq!(sid, shim_pid, "the shim leads its own session");
 
     let mut c = shim.client();
-    c.create(&CreateParams { stdout: Some("/dev/null".into()), stderr: Some("/dev/null".into()), stdin: Some("/dev/null".into()), ..Default::default() }).unwrap();
+    c.create(&CreateParams {
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        stdin: Some("/dev/null".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let init_pid = c.state().unwrap().pid.unwrap();
     // A running container is not deleted without force.
     c.start().unwrap();
@@ -247,8 +324,14 @@ fn delete_leaves_nothing_behind() {
     wait_until(T, "shim exit", || pid_gone(shim_pid));
     assert!(pid_gone(init_pid));
     assert!(!shim.state_dir.exists(), "state dir left behind");
-    let runc_state = Command::new("runc").args(["state", &shim.id]).output().unwrap();
-    assert!(!runc_state.status.success(), "runc still knows the container");
+    let runc_state = Command::new("runc")
+        .args(["state", &shim.id])
+        .output()
+        .unwrap();
+    assert!(
+        !runc_state.status.success(),
+        "runc still knows the container"
+    );
 }
 
 #[test]
@@ -256,7 +339,13 @@ fn running_container_needs_force_to_delete() {
     let shim = Shim::launch(&BundleSpec::new(&["sleep", "1000"]));
     let mut c = shim.client();
     c.subscribe(None).unwrap();
-    c.create(&CreateParams { stdout: Some("/dev/null".into()), stderr: Some("/dev/null".into()), stdin: Some("/dev/null".into()), ..Default::default() }).unwrap();
+    c.create(&CreateParams {
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        stdin: Some("/dev/null".into()),
+        ..Default::default()
+    })
+    .unwrap();
     c.start().unwrap();
     let e = c.delete(None, false).unwrap_err();
     assert_eq!(e.rpc_kind(), Some(ErrorKind::WrongState));
@@ -280,7 +369,11 @@ fn stdio_to_client_fifos_and_files() {
         assert!(Command::new("mkfifo").arg(f).status().unwrap().success());
     }
     fs::write(&stdout_file, "before\n").unwrap();
-    let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", "read line; echo got:$line; echo bad >&2"]));
+    let shim = Shim::launch(&BundleSpec::new(&[
+        "sh",
+        "-c",
+        "read line; echo got:$line; echo bad >&2",
+    ]));
     let mut c = shim.client();
     let created = c
         .create(&CreateParams {
@@ -290,14 +383,25 @@ fn stdio_to_client_fifos_and_files() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(created.stdio.stdout.as_deref(), Some(stdout_file.to_str().unwrap()));
+    assert_eq!(
+        created.stdio.stdout.as_deref(),
+        Some(stdout_file.to_str().unwrap())
+    );
     let err_path = stderr_fifo.clone();
     let err_t = std::thread::spawn(move || read_fifo_to_end(&err_path, T));
     c.start().unwrap();
-    fs::OpenOptions::new().write(true).open(&stdin_fifo).unwrap().write_all(b"ping\n").unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stdin_fifo)
+        .unwrap()
+        .write_all(b"ping\n")
+        .unwrap();
     let exit = c.wait(None).unwrap();
     assert_eq!(exit.status, Some(0));
-    assert_eq!(fs::read_to_string(&stdout_file).unwrap(), "before\ngot:ping\n");
+    assert_eq!(
+        fs::read_to_string(&stdout_file).unwrap(),
+        "before\ngot:ping\n"
+    );
     assert_eq!(err_t.join().unwrap(), b"bad\n");
 }
 
@@ -319,11 +423,26 @@ fn output_written_while_nobody_reads_is_kept() {
 #[test]
 fn launch_errors_are_clear() {
     let shim_bin = binary("tether-shim");
-    let out = Command::new(&shim_bin).args(["start", "--id", "../evil", "--bundle", "/tmp"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(&shim_bin)
-        .args(["start", "--id", "x1", "--bundle", "/no/such/bundle", "--state-root", "/tmp/tether-never"])
+        .args(["start", "--id", "../evil", "--bundle", "/tmp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&shim_bin)
+        .args([
+            "start",
+            "--id",
+            "x1",
+            "--bundle",
+            "/no/such/bundle",
+            "--state-root",
+            "/tmp/tether-never",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -65,7 +65,11 @@ impl Global {
 }
 
 fn run(args: Vec<String>) -> Result<i32, String> {
-    let mut g = Global { socket: None, id: None, state_root: PathBuf::from("/run/tether") };
+    let mut g = Global {
+        socket: None,
+        id: None,
+        state_root: PathBuf::from("/run/tether"),
+    };
     let mut rest = args.into_iter();
     let mut command = None;
     let mut cmd_args = Vec::new();
@@ -77,7 +81,12 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         match a.as_str() {
             "-s" | "--socket" => g.socket = rest.next().map(PathBuf::from),
             "--id" => g.id = rest.next(),
-            "--state-root" => g.state_root = rest.next().map(PathBuf::from).ok_or("--state-root needs a value")?,
+            "--state-root" => {
+                g.state_root = rest
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--state-root needs a value")?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(0);
@@ -117,7 +126,9 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             while let Some(x) = it.next() {
                 match x.as_str() {
                     "--all" => p["all"] = json!(true),
-                    "--process" => p["process"] = json!(it.next().ok_or("--process needs a value")?),
+                    "--process" => {
+                        p["process"] = json!(it.next().ok_or("--process needs a value")?)
+                    }
                     sig => p["signal"] = sig.parse::<i32>().map(|n| json!(n)).unwrap_or(json!(sig)),
                 }
             }
@@ -125,16 +136,24 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         }
         "wait" => {
             let mut c = g.client()?;
-            let r: ExitRecord = c.call("wait", &process_param(a.first())).map_err(|e| e.to_string())?;
+            let r: ExitRecord = c
+                .call("wait", &process_param(a.first()))
+                .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
             Ok(r.status.unwrap_or(255))
         }
         "resize" => {
             let (process, nums) = take_process_flag(&a);
-            let [rows, cols] = nums[..] else { return Err("resize ROWS COLS".into()) };
+            let [rows, cols] = nums[..] else {
+                return Err("resize ROWS COLS".into());
+            };
             let rows: u16 = rows.parse().map_err(|_| "rows must be a number")?;
             let cols: u16 = cols.parse().map_err(|_| "cols must be a number")?;
-            print_call(&g, "resize", json!({"process": process, "rows": rows, "cols": cols}))
+            print_call(
+                &g,
+                "resize",
+                json!({"process": process, "rows": rows, "cols": cols}),
+            )
         }
         "close-stdin" => print_call(&g, "close_stdin", process_param(a.first())),
         "delete" => {
@@ -142,10 +161,16 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             let force = rest.iter().any(|x| *x == "--force");
             print_call(&g, "delete", json!({"process": process, "force": force}))
         }
-        "shutdown" => print_call(&g, "shutdown", json!({"force": a.iter().any(|x| x == "--force")})),
+        "shutdown" => print_call(
+            &g,
+            "shutdown",
+            json!({"force": a.iter().any(|x| x == "--force")}),
+        ),
         "events" => {
             let since = match a.as_slice() {
-                [flag, n] if flag == "--since" => Some(n.parse::<u64>().map_err(|_| "--since takes a seq")?),
+                [flag, n] if flag == "--since" => {
+                    Some(n.parse::<u64>().map_err(|_| "--since takes a seq")?)
+                }
                 [] => None,
                 _ => return Err("events [--since N]".into()),
             };
@@ -211,10 +236,16 @@ fn shim_binary() -> PathBuf {
 fn launch(g: &Global, a: &[String]) -> Result<PathBuf, String> {
     let mut args = vec!["start".to_string()];
     if !a.iter().any(|x| x == "--state-dir" || x == "--state-root") {
-        args.extend(["--state-root".to_string(), g.state_root.display().to_string()]);
+        args.extend([
+            "--state-root".to_string(),
+            g.state_root.display().to_string(),
+        ]);
     }
     args.extend(a.iter().cloned());
-    let out = Command::new(shim_binary()).args(&args).output().map_err(|e| format!("tether-shim: {e}"))?;
+    let out = Command::new(shim_binary())
+        .args(&args)
+        .output()
+        .map_err(|e| format!("tether-shim: {e}"))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
@@ -223,19 +254,35 @@ fn launch(g: &Global, a: &[String]) -> Result<PathBuf, String> {
 
 /// One line per shim under the state root: id, shim pid, alive or dead, status, last seq.
 fn list(g: &Global) -> Result<i32, String> {
-    let entries = std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
-    println!("{:<24} {:>8} {:<6} {:<9} {:>8}", "ID", "SHIM PID", "SHIM", "STATUS", "LAST SEQ");
-    let mut rows: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let entries =
+        std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
+    println!(
+        "{:<24} {:>8} {:<6} {:<9} {:>8}",
+        "ID", "SHIM PID", "SHIM", "STATUS", "LAST SEQ"
+    );
+    let mut rows: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     rows.sort();
     for dir in rows {
-        let id = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let pid = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let pid = std::fs::read_to_string(dir.join("shim.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
         let hello = Client::connect(dir.join("shim.sock")).and_then(|mut c| {
             c.set_timeout(Some(std::time::Duration::from_secs(2)))?;
             c.hello()
         });
         let (alive, status, seq) = match hello {
-            Ok(h) => ("alive", format!("{:?}", h.status).to_lowercase(), h.last_seq.to_string()),
+            Ok(h) => (
+                "alive",
+                format!("{:?}", h.status).to_lowercase(),
+                h.last_seq.to_string(),
+            ),
             Err(_) => ("dead", last_status_on_disk(&dir), last_seq_on_disk(&dir)),
         };
         let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
@@ -258,7 +305,11 @@ fn last_status_on_disk(dir: &Path) -> String {
 fn last_seq_on_disk(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("events.jsonl"))
         .ok()
-        .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str::<Event>(l).ok()))
+        .and_then(|t| {
+            t.lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<Event>(l).ok())
+        })
         .map(|e| e.seq.to_string())
         .unwrap_or_else(|| "0".into())
 }
@@ -270,13 +321,21 @@ fn drain_fifo(path: Option<String>, to_stderr: bool) -> Option<std::thread::Join
         return None;
     }
     Some(std::thread::spawn(move || {
-        let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path) else {
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        else {
             return;
         };
         // Back to blocking reads: the shim is the writer, EOF comes when it closes.
         unsafe {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK);
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK,
+            );
         }
         let mut buf = [0u8; 32 << 10];
         loop {
@@ -300,9 +359,13 @@ fn drain_fifo(path: Option<String>, to_stderr: bool) -> Option<std::thread::Join
 
 /// Feeds our stdin to a stdin FIFO (in a thread); EOF on ours closes the process's.
 fn feed_stdin(path: Option<String>, socket: PathBuf, process: String) {
-    let Some(path) = path.filter(|p| p != "/dev/null") else { return };
+    let Some(path) = path.filter(|p| p != "/dev/null") else {
+        return;
+    };
     std::thread::spawn(move || {
-        let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) else { return };
+        let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            return;
+        };
         let mut buf = [0u8; 32 << 10];
         let mut stdin = std::io::stdin();
         loop {
@@ -350,18 +413,18 @@ fn exec(g: &Global, a: &[String]) -> Result<i32, String> {
     let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
     let mut process = json!({"args": argv, "terminal": tty});
     if !env.is_empty() {
-        // Keep the bundle's PATH and friends: ours are added to them.
-        let state: ContainerState = c.state().map_err(|e| e.to_string())?;
-        let _ = state;
-        let mut full = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-        full.extend(env);
-        process["env"] = json!(full);
+        // The shim merges these into the bundle's env by name.
+        process["env"] = json!(env);
     }
     if let Some(cwd) = cwd {
         process["cwd"] = json!(cwd);
     }
     let raw = if tty { RawMode::enter() } else { None };
-    let result: Result<ExecResult, _> = c.exec(&ExecParams { exec_id: exec_id.clone(), process, ..Default::default() });
+    let result: Result<ExecResult, _> = c.exec(&ExecParams {
+        exec_id: exec_id.clone(),
+        process,
+        ..Default::default()
+    });
     let r = match result {
         Ok(r) => r,
         Err(e) => {
@@ -371,12 +434,18 @@ fn exec(g: &Global, a: &[String]) -> Result<i32, String> {
     };
     if tty {
         if let Some((rows, cols)) = window_size() {
-            let _ = c.call_value("resize", json!({"process": exec_id, "rows": rows, "cols": cols}));
+            let _ = c.call_value(
+                "resize",
+                json!({"process": exec_id, "rows": rows, "cols": cols}),
+            );
         }
         watch_window_size(socket.clone(), exec_id.clone());
     }
     feed_stdin(r.stdio.stdin.clone(), socket.clone(), exec_id.clone());
-    let outs = [drain_fifo(r.stdio.stdout.clone(), false), drain_fifo(r.stdio.stderr.clone(), true)];
+    let outs = [
+        drain_fifo(r.stdio.stdout.clone(), false),
+        drain_fifo(r.stdio.stderr.clone(), true),
+    ];
     let exit = c.wait(Some(&exec_id)).map_err(|e| e.to_string());
     for t in outs.into_iter().flatten() {
         let _ = t.join();
@@ -437,25 +506,53 @@ fn watch_window_size(socket: PathBuf, process: String) {
         std::thread::sleep(std::time::Duration::from_millis(100));
         if CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed) {
             if let (Some((rows, cols)), Ok(mut c)) = (window_size(), Client::connect(&socket)) {
-                let _ = c.call_value("resize", json!({"process": process, "rows": rows, "cols": cols}));
+                let _ = c.call_value(
+                    "resize",
+                    json!({"process": process, "rows": rows, "cols": cols}),
+                );
             }
         }
     });
 }
 
-/// `run --id ID --bundle DIR [shim flags]`: the whole life of a container.
+/// `run --id ID --bundle DIR [shim flags]`: the whole life of a container, printing
+/// its output and every event.
 fn run_container(a: &[String]) -> Result<i32, String> {
-    let g = Global { socket: None, id: None, state_root: PathBuf::from("/run/tether") };
+    let g = Global {
+        socket: None,
+        id: None,
+        state_root: PathBuf::from("/run/tether"),
+    };
     let socket = launch(&g, a)?;
     let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
+    let show = |e: &Event| println!("event: {}", serde_json::to_string(e).unwrap_or_default());
     c.subscribe(Some(0)).map_err(|e| e.to_string())?;
-    let created = c.create(&CreateParams::default()).map_err(|e| e.to_string())?;
-    let outs = [drain_fifo(created.stdio.stdout.clone(), false), drain_fifo(created.stdio.stderr.clone(), true)];
+    let created = c
+        .create(&CreateParams::default())
+        .map_err(|e| e.to_string())?;
+    let outs = [
+        drain_fifo(created.stdio.stdout.clone(), false),
+        drain_fifo(created.stdio.stderr.clone(), true),
+    ];
     c.start().map_err(|e| e.to_string())?;
-    let exit = c.wait(None).map_err(|e| e.to_string())?;
+    let exit = loop {
+        let e = c.next_event().map_err(|e| e.to_string())?;
+        show(&e);
+        if let EventBody::Exit(r) = e.body {
+            if r.process == INIT_PROCESS {
+                break r;
+            }
+        }
+    };
     for t in outs.into_iter().flatten() {
         let _ = t.join();
     }
     c.delete(None, false).map_err(|e| e.to_string())?;
+    while let Ok(e) = c.next_event() {
+        show(&e);
+        if e.body == (EventBody::Deleted {}) {
+            break;
+        }
+    }
     Ok(exit.status.unwrap_or(255))
 }

@@ -30,7 +30,9 @@ fn main() {
         }
     }
     let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let spec = BundleSpec::new(&argv).terminal(terminal).rootfs(PathBuf::from("rootfs"));
+    let spec = BundleSpec::new(&argv)
+        .terminal(terminal)
+        .rootfs(PathBuf::from("rootfs"));
     spec.write(&dir);
     println!("{}", dir.display());
 }
