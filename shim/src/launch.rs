@@ -90,8 +90,9 @@ fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
 
 /// The shim itself, in the forked child. Returns its exit code.
 fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
+    let keep = ready.as_raw_fd();
     let mut ready = fs::File::from(ready);
-    match become_shim(&opts, &dir) {
+    match become_shim(&opts, &dir, keep) {
         Ok(server) => {
             let _ = ready.write_all(b"ok");
             drop(ready);
@@ -117,7 +118,8 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
     }
 }
 
-fn become_shim(opts: &LaunchOptions, dir: &StateDir) -> Result<Server, String> {
+fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server, String> {
+    close_inherited_fds(keep);
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -167,4 +169,21 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir) -> Result<Server, String> {
     state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
         .map_err(|e| format!("cannot write pid file: {e}"))?;
     Ok(server)
+}
+
+/// Closes every fd above stderr the launcher inherited (but `keep`): the shim must hold
+/// nothing of the daemon's, or the daemon's pipes and sockets would never see EOF.
+fn close_inherited_fds(keep: i32) {
+    let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2 && *fd != keep)
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        // SAFETY: nothing in this fresh child owns these descriptors (the read_dir
+        // handle above is already closed; closing it twice would only fail).
+        unsafe { libc::close(fd) };
+    }
 }
