@@ -58,12 +58,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(socket.as_ref()).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("connect {}: {e}", socket.as_ref().display()),
-            )
-        })?;
+        let stream = UnixStream::connect(socket.as_ref())
+            .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", socket.as_ref().display())))?;
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
@@ -125,8 +121,7 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<R, ClientError> {
-        let params =
-            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let result = self.call_value(method, params)?;
         serde_json::from_value(result)
             .map_err(|e| ClientError::Protocol(format!("unexpected {method} result: {e}")))
@@ -145,9 +140,7 @@ impl Client {
                 "shim closed the connection: {}",
                 msg.get("params").cloned().unwrap_or(Value::Null)
             ))),
-            _ => Err(ClientError::Protocol(format!(
-                "unexpected line from shim: {msg}"
-            ))),
+            _ => Err(ClientError::Protocol(format!("unexpected line from shim: {msg}"))),
         }
     }
 
@@ -180,12 +173,7 @@ impl Client {
         self.call("exec", params)
     }
 
-    pub fn kill(
-        &mut self,
-        process: Option<&str>,
-        signal: i32,
-        all: bool,
-    ) -> Result<(), ClientError> {
+    pub fn kill(&mut self, process: Option<&str>, signal: i32, all: bool) -> Result<(), ClientError> {
         let params = KillParams {
             process: process.map(str::to_string),
             signal: SignalSpec::Number(signal),

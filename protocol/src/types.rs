@@ -86,15 +86,30 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
-    Created { pid: i32 },
-    Started { pid: i32 },
-    ExecAdded { exec_id: String },
-    ExecStarted { exec_id: String, pid: i32 },
+    Created {
+        pid: i32,
+    },
+    Started {
+        pid: i32,
+    },
+    ExecAdded {
+        exec_id: String,
+    },
+    ExecStarted {
+        exec_id: String,
+        pid: i32,
+    },
     Exit(ExitRecord),
-    Oom { process: String },
+    /// The OOM killer struck in the container's cgroup; `oom_kills` is the cgroup's
+    /// running count.
+    Oom {
+        oom_kills: u64,
+    },
     Paused {},
     Resumed {},
-    Checkpointed { image_path: String },
+    Checkpointed {
+        image_path: String,
+    },
     Deleted {},
 }
 
@@ -151,6 +166,118 @@ pub struct CreateParams {
     /// Run init on a console PTY. Default: `process.terminal` of config.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<bool>,
+    /// Restore the container from a checkpoint image instead of creating it fresh
+    /// (`runc restore --detach`): it is running when `create` answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<RestoreParams>,
+}
+
+/// CRIU options shared by checkpoint and restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriuOptions {
+    /// Where the image is written (checkpoint) or read from (restore).
+    pub image_path: String,
+    /// Where CRIU puts its logs and work files (default: the image path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_path: Option<String>,
+    /// Checkpoint/restore established TCP connections.
+    #[serde(default)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[serde(default)]
+    pub ext_unix_sk: bool,
+    /// The container is a shell job (has a controlling terminal from outside).
+    #[serde(default)]
+    pub shell_job: bool,
+    /// Checkpoint/restore file locks.
+    #[serde(default)]
+    pub file_locks: bool,
+}
+
+pub type RestoreParams = CriuOptions;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointParams {
+    pub image_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_path: Option<String>,
+    #[serde(default)]
+    pub tcp_established: bool,
+    #[serde(default)]
+    pub ext_unix_sk: bool,
+    #[serde(default)]
+    pub shell_job: bool,
+    #[serde(default)]
+    pub file_locks: bool,
+    /// Keep the container running after the checkpoint (default: it exits).
+    #[serde(default)]
+    pub leave_running: bool,
+}
+
+impl CheckpointParams {
+    pub fn criu(&self) -> CriuOptions {
+        CriuOptions {
+            image_path: self.image_path.clone(),
+            work_path: self.work_path.clone(),
+            tcp_established: self.tcp_established,
+            ext_unix_sk: self.ext_unix_sk,
+            shell_job: self.shell_job,
+            file_locks: self.file_locks,
+        }
+    }
+}
+
+/// `update`: an OCI `linux.resources` object (memory, cpu, pids, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateParams {
+    pub resources: Value,
+}
+
+/// The container's cgroup figures (`stats`). A figure the kernel does not provide
+/// on this cgroup version is null.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub cgroup_version: u8,
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub pids: PidsStats,
+    pub blkio: BlkioStats,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuStats {
+    pub usage_ns: Option<u64>,
+    pub user_ns: Option<u64>,
+    pub system_ns: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    pub usage: Option<u64>,
+    /// null: no limit.
+    pub limit: Option<u64>,
+    /// The high-water mark of usage.
+    pub max_usage: Option<u64>,
+    /// Times usage hit the limit.
+    pub failcnt: Option<u64>,
+    pub oom_kills: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidsStats {
+    pub current: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlkioStats {
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,9 +352,9 @@ impl SignalSpec {
 
 /// Linux signal names, index + 1 = number (x86_64/arm64 numbering).
 const SIGNALS: [&str; 31] = [
-    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
-    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
-    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE",
+    "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ",
+    "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 ];
 
 /// `SIGKILL` for 9; `SIGRTMIN+n` style for real-time signals.
@@ -376,8 +503,7 @@ mod tests {
         assert!(v.get("oom_killed").is_none());
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
-        let paused: Event =
-            serde_json::from_value(json!({"seq":1,"ts":"t","type":"paused"})).unwrap();
+        let paused: Event = serde_json::from_value(json!({"seq":1,"ts":"t","type":"paused"})).unwrap();
         assert_eq!(paused.body, EventBody::Paused {});
     }
 

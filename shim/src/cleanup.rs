@@ -30,9 +30,7 @@ fn read_pid(path: &std::path::Path) -> Option<i32> {
 pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
     let options: LaunchOptions = fs::read(dir.options())
         .map_err(|e| format!("cannot read {}: {e}", dir.options().display()))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display()))
-        })?;
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display())))?;
     if let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) {
         return Err(format!(
             "the shim for {} is alive (pid {pid}): use its `delete` or `shutdown` instead",
@@ -44,17 +42,10 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         .and_then(|b| serde_json::from_slice(&b).ok());
     let init_pid = read_pid(&dir.pid_file(INIT_PROCESS));
     if let Some(pid) = init_pid.filter(|p| pid_alive(*p)) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     let log = dir.runtime_log("cleanup-delete");
-    let args = vec![
-        "delete".to_string(),
-        "--force".to_string(),
-        options.id.clone(),
-    ];
+    let args = vec!["delete".to_string(), "--force".to_string(), options.id.clone()];
     let argv = options.runtime.argv(&log, &args);
     let status = Command::new(&argv[0])
         .args(&argv[1..])
@@ -64,8 +55,7 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         .status()
         .map_err(|e| format!("cannot run runtime {}: {e}", options.runtime.path))?;
     if !status.success() {
-        let msg =
-            crate::runtime::failure_message("runtime delete", &log, status.code().unwrap_or(-1));
+        let msg = crate::runtime::failure_message("runtime delete", &log, status.code().unwrap_or(-1));
         // A container the runtime no longer knows is already gone: that is success.
         if !msg.contains("does not exist") && !msg.contains("not exist") {
             return Err(msg);
@@ -81,7 +71,6 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         oom_killed: false,
         reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
     });
-    fs::remove_dir_all(&dir.root)
-        .map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
+    fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
     Ok(record)
 }

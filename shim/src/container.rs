@@ -8,6 +8,7 @@
 //!
 //! Every runtime call is a child in flight; its answer goes out when it is reaped.
 
+use crate::cgroup::{Cgroup, OomNotifier};
 use crate::console::{self, ConsoleSocket};
 use crate::core::{err, Answer, Call, CallResult, Empty, Output, Ticket};
 use crate::events::EventLog;
@@ -35,8 +36,15 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 pub const FIRST_CORE_TOKEN: usize = 1 << 24;
 
 enum OpKind {
-    Create,
+    /// `runc create`, or `runc restore` when restoring from a checkpoint.
+    Create {
+        restore: bool,
+    },
     Start,
+    Pause,
+    Resume,
+    Update,
+    Checkpoint(String),
     Exec(String),
     KillAll,
     Delete,
@@ -96,10 +104,8 @@ impl Outbox {
         }
         self.publish(EventBody::Exit(record.clone()));
         for ticket in process.waiters.drain(..) {
-            self.outputs.push(Output::Reply(
-                ticket,
-                Box::new(Ok(Answer::Exit(record.clone()))),
-            ));
+            self.outputs
+                .push(Output::Reply(ticket, Box::new(Ok(Answer::Exit(record.clone())))));
         }
         process.exit_published = true;
     }
@@ -120,18 +126,21 @@ pub struct Container {
     unclaimed: HashMap<i32, ChildExit>,
     pending_delete: Option<Ticket>,
     deleted: bool,
+    paused: bool,
+    /// Found from init's /proc/PID/cgroup once it exists.
+    cgroup: Option<Cgroup>,
+    oom: Option<(OomNotifier, Token)>,
+    /// The cgroup's OOM kill count as last published.
+    oom_kills_seen: u64,
+    /// OOM kills not yet tied to an exit (a SIGKILLed process's record gets one).
+    oom_kills_unclaimed: u64,
     closing: bool,
     tokens: Tokens,
     out: Outbox,
 }
 
 impl Container {
-    pub fn new(
-        id: String,
-        bundle: PathBuf,
-        runtime: Runtime,
-        dir: StateDir,
-    ) -> std::io::Result<Container> {
+    pub fn new(id: String, bundle: PathBuf, runtime: Runtime, dir: StateDir) -> std::io::Result<Container> {
         let events = EventLog::create(dir.events())?;
         fs::create_dir_all(dir.exits_dir())?;
         Ok(Container {
@@ -145,6 +154,11 @@ impl Container {
             unclaimed: HashMap::new(),
             pending_delete: None,
             deleted: false,
+            paused: false,
+            cgroup: None,
+            oom: None,
+            oom_kills_seen: 0,
+            oom_kills_unclaimed: 0,
             closing: false,
             tokens: Tokens(FIRST_CORE_TOKEN),
             out: Outbox {
@@ -169,9 +183,10 @@ impl Container {
             return ContainerStatus::Deleted;
         }
         match &self.init {
-            None if self.op_in_flight(|k| matches!(k, OpKind::Create)) => ContainerStatus::Creating,
+            None if self.op_in_flight(|k| matches!(k, OpKind::Create { .. })) => ContainerStatus::Creating,
             None => ContainerStatus::New,
             Some(init) if init.exit_published => ContainerStatus::Stopped,
+            Some(init) if init.started && self.paused => ContainerStatus::Paused,
             Some(init) if init.started => ContainerStatus::Running,
             Some(init) if init.created => ContainerStatus::Created,
             Some(_) => ContainerStatus::Creating,
@@ -185,10 +200,7 @@ impl Container {
     /// Runs one call. `None`: the answer comes later, as an [`Output::Reply`].
     pub fn call(&mut self, ticket: Ticket, call: Call, registry: &Registry) -> Option<CallResult> {
         if self.closing && !matches!(call, Call::Hello | Call::State(_)) {
-            return Some(Err(err(
-                ErrorKind::ShuttingDown,
-                "the shim is shutting down",
-            )));
+            return Some(Err(err(ErrorKind::ShuttingDown, "the shim is shutting down")));
         }
         match call {
             Call::Hello => Some(Ok(Answer::Hello(self.hello()))),
@@ -203,6 +215,11 @@ impl Container {
             Call::Resize(p) => Some(self.resize(p)),
             Call::Delete(p) => self.delete(ticket, p, registry),
             Call::Shutdown(p) => Some(self.shutdown(p, registry)),
+            Call::Pause => self.pause_or_resume(ticket, true).err().map(Err),
+            Call::Resume => self.pause_or_resume(ticket, false).err().map(Err),
+            Call::Stats => Some(self.stats()),
+            Call::Update(p) => self.update(ticket, p).err().map(Err),
+            Call::Checkpoint(p) => self.checkpoint(ticket, p).err().map(Err),
         }
     }
 
@@ -276,13 +293,8 @@ impl Container {
         Ok(())
     }
 
-    fn create(
-        &mut self,
-        ticket: Ticket,
-        p: CreateParams,
-        registry: &Registry,
-    ) -> Result<(), RpcError> {
-        if self.init.is_some() || self.op_in_flight(|k| matches!(k, OpKind::Create)) {
+    fn create(&mut self, ticket: Ticket, p: CreateParams, registry: &Registry) -> Result<(), RpcError> {
+        if self.init.is_some() || self.op_in_flight(|k| matches!(k, OpKind::Create { .. })) {
             return Err(err(
                 ErrorKind::AlreadyExists,
                 format!("container {} is already created", self.id),
@@ -305,13 +317,21 @@ impl Container {
             &mut self.tokens,
             registry,
         )?;
-        let mut args = vec![
-            "create".to_string(),
+        let restore = p.checkpoint.is_some();
+        let mut args = match &p.checkpoint {
+            None => vec!["create".to_string()],
+            Some(criu) => {
+                let mut a = vec!["restore".to_string(), "--detach".to_string()];
+                a.extend(criu_args(criu));
+                a
+            }
+        };
+        args.extend([
             "--bundle".to_string(),
             self.bundle.display().to_string(),
             "--pid-file".to_string(),
             self.dir.pid_file(INIT_PROCESS).display().to_string(),
-        ];
+        ]);
         if let Some(console) = &init.console {
             args.extend([
                 "--console-socket".to_string(),
@@ -319,7 +339,7 @@ impl Container {
             ]);
         }
         args.push(self.id.clone());
-        if let Err(e) = self.spawn_op(OpKind::Create, ticket, args, io) {
+        if let Err(e) = self.spawn_op(OpKind::Create { restore }, ticket, args, io) {
             init.release(registry);
             return Err(e);
         }
@@ -332,8 +352,8 @@ impl Container {
     fn load_bundle(&mut self) -> Result<bool, RpcError> {
         let config = self.bundle.join("config.json");
         let bad = |m: String| err(ErrorKind::InvalidBundle, m);
-        let text = fs::read_to_string(&config)
-            .map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
+        let text =
+            fs::read_to_string(&config).map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
         let spec: oci_spec::runtime::Spec = serde_json::from_str(&text)
             .map_err(|e| bad(format!("{} is not a valid OCI spec: {e}", config.display())))?;
         let root = spec
@@ -377,8 +397,7 @@ impl Container {
     }
 
     fn exec(&mut self, ticket: Ticket, p: ExecParams, registry: &Registry) -> Result<(), RpcError> {
-        state_dir::validate_id("exec id", &p.exec_id)
-            .map_err(|m| err(ErrorKind::InvalidParams, m))?;
+        state_dir::validate_id("exec id", &p.exec_id).map_err(|m| err(ErrorKind::InvalidParams, m))?;
         if p.exec_id == INIT_PROCESS {
             return Err(err(
                 ErrorKind::InvalidParams,
@@ -392,28 +411,17 @@ impl Container {
             ));
         }
         let status = self.status();
-        let init_alive = self
-            .init
-            .as_ref()
-            .is_some_and(|i| i.started && i.exit.is_none());
+        let init_alive = self.init.as_ref().is_some_and(|i| i.started && i.exit.is_none());
         if status != ContainerStatus::Running || !init_alive {
             return Err(err(
                 ErrorKind::WrongState,
-                format!(
-                    "cannot exec: container {} is {}",
-                    self.id,
-                    status_name(status)
-                ),
+                format!("cannot exec: container {} is {}", self.id, status_name(status)),
             ));
         }
         let spec = exec_spec(&self.base_process, &p.process)?;
-        let terminal = spec
-            .get("terminal")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(false);
         let spec_path = self.dir.exec_spec(&p.exec_id);
-        let json =
-            serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let json = serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         fs::write(&spec_path, json).map_err(|e| {
             err(
                 ErrorKind::Internal,
@@ -453,10 +461,7 @@ impl Container {
 
     fn kill(&mut self, ticket: Ticket, p: KillParams) -> Option<CallResult> {
         let result = (|| {
-            let signal = p
-                .signal
-                .number()
-                .map_err(|m| err(ErrorKind::InvalidParams, m))?;
+            let signal = p.signal.number().map_err(|m| err(ErrorKind::InvalidParams, m))?;
             let name = p.process.as_deref().unwrap_or(INIT_PROCESS);
             let proc = self.process(Some(name))?;
             if p.all {
@@ -561,17 +566,12 @@ impl Container {
         Ok(Answer::Empty(Empty {}))
     }
 
-    fn delete(
-        &mut self,
-        ticket: Ticket,
-        p: DeleteParams,
-        registry: &Registry,
-    ) -> Option<CallResult> {
+    fn delete(&mut self, ticket: Ticket, p: DeleteParams, registry: &Registry) -> Option<CallResult> {
         if let Some(name) = p.process.as_deref().filter(|n| *n != INIT_PROCESS) {
             return Some(self.delete_exec(name, registry));
         }
         if self.pending_delete.is_some()
-            || self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Start | OpKind::Delete))
+            || self.op_in_flight(|k| matches!(k, OpKind::Create { .. } | OpKind::Start | OpKind::Delete))
         {
             return Some(Err(err(
                 ErrorKind::WrongState,
@@ -636,8 +636,8 @@ impl Container {
     }
 
     fn shutdown(&mut self, p: ShutdownParams, registry: &Registry) -> CallResult {
-        let alive = self.init.as_ref().is_some_and(Process::is_alive)
-            || self.execs.values().any(Process::is_alive);
+        let alive =
+            self.init.as_ref().is_some_and(Process::is_alive) || self.execs.values().any(Process::is_alive);
         if (alive || !self.ops.is_empty()) && !p.force {
             return Err(err(
                 ErrorKind::WrongState,
@@ -646,17 +646,139 @@ impl Container {
         }
         self.closing = true;
         self.release_all(registry);
-        let remove_state_dir = matches!(
-            self.status(),
-            ContainerStatus::New | ContainerStatus::Deleted
-        );
+        let remove_state_dir = matches!(self.status(), ContainerStatus::New | ContainerStatus::Deleted);
         self.out.outputs.push(Output::Exit { remove_state_dir });
         Ok(Answer::Empty(Empty {}))
     }
 
     fn release_all(&mut self, registry: &Registry) {
+        if let Some((notifier, _)) = self.oom.take() {
+            let _ = registry.deregister(&mut mio::unix::SourceFd(&notifier.raw()));
+        }
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
             proc.release(registry);
+        }
+    }
+
+    fn pause_or_resume(&mut self, ticket: Ticket, pause: bool) -> Result<(), RpcError> {
+        let status = self.status();
+        let (want, sub) = if pause {
+            (ContainerStatus::Running, "pause")
+        } else {
+            (ContainerStatus::Paused, "resume")
+        };
+        if status != want || self.op_in_flight(|k| matches!(k, OpKind::Pause | OpKind::Resume)) {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot {sub}: container is {}", status_name(status)),
+            ));
+        }
+        let kind = if pause { OpKind::Pause } else { OpKind::Resume };
+        self.spawn_op(
+            kind,
+            ticket,
+            vec![sub.to_string(), self.id.clone()],
+            RuntimeStdio::default(),
+        )
+    }
+
+    fn stats(&self) -> CallResult {
+        match &self.cgroup {
+            Some(cg) if !self.deleted => Ok(Answer::Stats(cg.stats())),
+            _ => Err(err(
+                ErrorKind::WrongState,
+                format!("container {} has no cgroup yet", self.id),
+            )),
+        }
+    }
+
+    fn update(&mut self, ticket: Ticket, p: UpdateParams) -> Result<(), RpcError> {
+        let status = self.status();
+        if !matches!(
+            status,
+            ContainerStatus::Created | ContainerStatus::Running | ContainerStatus::Paused
+        ) {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot update: container is {}", status_name(status)),
+            ));
+        }
+        serde_json::from_value::<oci_spec::runtime::LinuxResources>(p.resources.clone()).map_err(|e| {
+            err(
+                ErrorKind::InvalidParams,
+                format!("resources is not an OCI linux.resources object: {e}"),
+            )
+        })?;
+        let path = self.dir.root.join("update-resources.json");
+        let json = serde_json::to_vec(&p.resources).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        fs::write(&path, json).map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
+        let args = vec![
+            "update".to_string(),
+            "--resources".to_string(),
+            path.display().to_string(),
+            self.id.clone(),
+        ];
+        self.spawn_op(OpKind::Update, ticket, args, RuntimeStdio::default())
+    }
+
+    fn checkpoint(&mut self, ticket: Ticket, p: CheckpointParams) -> Result<(), RpcError> {
+        let status = self.status();
+        if !matches!(status, ContainerStatus::Running | ContainerStatus::Paused) {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot checkpoint: container is {}", status_name(status)),
+            ));
+        }
+        if !p.image_path.starts_with('/') {
+            return Err(err(
+                ErrorKind::InvalidParams,
+                format!("image_path {:?} is not absolute", p.image_path),
+            ));
+        }
+        let mut args = vec!["checkpoint".to_string()];
+        args.extend(criu_args(&p.criu()));
+        if p.leave_running {
+            args.push("--leave-running".to_string());
+        }
+        args.push(self.id.clone());
+        self.spawn_op(
+            OpKind::Checkpoint(p.image_path),
+            ticket,
+            args,
+            RuntimeStdio::default(),
+        )
+    }
+
+    /// Finds init's cgroup and starts watching it for OOM kills.
+    fn watch_cgroup(&mut self, pid: i32, registry: &Registry) {
+        let cgroup = match Cgroup::of_pid(pid) {
+            Ok(cg) => cg,
+            Err(e) => return crate::log!("no cgroup for init (stats and OOM watch off): {e}"),
+        };
+        self.oom_kills_seen = cgroup.oom_kills().unwrap_or(0);
+        match cgroup.oom_notifier() {
+            Ok(notifier) => {
+                let token = self.tokens.next();
+                let raw = notifier.raw();
+                match registry.register(&mut mio::unix::SourceFd(&raw), token, mio::Interest::READABLE) {
+                    Ok(()) => self.oom = Some((notifier, token)),
+                    Err(e) => crate::log!("cannot watch for OOM: {e}"),
+                }
+            }
+            Err(e) => crate::log!("no OOM notifications (exits are still checked): {e}"),
+        }
+        self.cgroup = Some(cgroup);
+    }
+
+    /// Publishes an `oom` event if the cgroup's OOM kill count rose.
+    fn check_oom(&mut self) {
+        let Some(kills) = self.cgroup.as_ref().and_then(Cgroup::oom_kills) else {
+            return;
+        };
+        if kills > self.oom_kills_seen {
+            self.oom_kills_unclaimed += kills - self.oom_kills_seen;
+            self.oom_kills_seen = kills;
+            self.out.publish(EventBody::Oom { oom_kills: kills });
         }
     }
 
@@ -667,7 +789,7 @@ impl Container {
                 self.finish_op(op, exit, registry);
             } else if let Some(name) = self.process_by_pid(exit.pid) {
                 self.process_exited(&name, &exit, registry);
-            } else if self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Exec(_))) {
+            } else if self.op_in_flight(|k| matches!(k, OpKind::Create { .. } | OpKind::Exec(_))) {
                 self.unclaimed.insert(exit.pid, exit);
             } else {
                 crate::log!(
@@ -677,7 +799,7 @@ impl Container {
                 );
             }
         }
-        if !self.op_in_flight(|k| matches!(k, OpKind::Create | OpKind::Exec(_))) {
+        if !self.op_in_flight(|k| matches!(k, OpKind::Create { .. } | OpKind::Exec(_))) {
             self.unclaimed.clear();
         }
         self.try_publish(registry);
@@ -712,15 +834,12 @@ impl Container {
     /// Reads the pid file the runtime wrote and claims an exit that came first.
     fn adopt_pid(&mut self, name: &str, registry: &Registry) -> Result<i32, String> {
         let path = self.dir.pid_file(name);
-        let text = fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
-        let pid: i32 = text.trim().parse().map_err(|_| {
-            format!(
-                "pid file {} holds {:?}, not a pid",
-                path.display(),
-                text.trim()
-            )
-        })?;
+        let text =
+            fs::read_to_string(&path).map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("pid file {} holds {:?}, not a pid", path.display(), text.trim()))?;
         if let Ok(proc) = self.process_mut(Some(name)) {
             proc.pid = Some(pid);
         }
@@ -739,7 +858,7 @@ impl Container {
             )
         };
         match op.kind {
-            OpKind::Create => {
+            OpKind::Create { restore } => {
                 if !ok {
                     if let Some(mut init) = self.init.take() {
                         init.release(registry);
@@ -753,17 +872,21 @@ impl Container {
                         };
                         init.launching = false;
                         init.created = true;
+                        // A restored container is running when the runtime returns.
+                        init.started = restore;
                         let result = CreateResult {
                             pid,
                             stdio: init.paths.clone(),
                             terminal: init.terminal,
                         };
+                        self.watch_cgroup(pid, registry);
                         self.out.publish(EventBody::Created { pid });
+                        if restore {
+                            self.out.publish(EventBody::Started { pid });
+                        }
                         self.out.reply(op.ticket, Ok(Answer::Created(result)));
                     }
-                    Err(m) => self
-                        .out
-                        .reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m))),
+                    Err(m) => self.out.reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m))),
                 }
             }
             OpKind::Start => {
@@ -777,8 +900,7 @@ impl Container {
                 init.started = true;
                 let pid = init.pid.unwrap_or(0);
                 self.out.publish(EventBody::Started { pid });
-                self.out
-                    .reply(op.ticket, Ok(Answer::Pid(PidResult { pid })));
+                self.out.reply(op.ticket, Ok(Answer::Pid(PidResult { pid })));
             }
             OpKind::Exec(name) => {
                 if !ok {
@@ -809,26 +931,44 @@ impl Container {
                         self.out.publish(EventBody::ExecAdded {
                             exec_id: name.clone(),
                         });
-                        self.out
-                            .publish(EventBody::ExecStarted { exec_id: name, pid });
+                        self.out.publish(EventBody::ExecStarted { exec_id: name, pid });
                         self.out.reply(op.ticket, Ok(Answer::Exec(result)));
                     }
                     Err(m) => {
                         if let Some(mut proc) = self.execs.remove(&name) {
                             proc.release(registry);
                         }
-                        self.out
-                            .reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m)));
+                        self.out.reply(op.ticket, Err(err(ErrorKind::RuntimeFailed, m)));
                     }
                 }
             }
-            OpKind::KillAll => {
+            OpKind::KillAll | OpKind::Update => {
                 let result = if ok {
                     Ok(Answer::Empty(Empty {}))
                 } else {
                     Err(failure())
                 };
                 self.out.reply(op.ticket, result);
+            }
+            OpKind::Pause | OpKind::Resume => {
+                if !ok {
+                    return self.out.reply(op.ticket, Err(failure()));
+                }
+                let pause = matches!(op.kind, OpKind::Pause);
+                self.paused = pause;
+                self.out.publish(if pause {
+                    EventBody::Paused {}
+                } else {
+                    EventBody::Resumed {}
+                });
+                self.out.reply(op.ticket, Ok(Answer::Empty(Empty {})));
+            }
+            OpKind::Checkpoint(image_path) => {
+                if !ok {
+                    return self.out.reply(op.ticket, Err(failure()));
+                }
+                self.out.publish(EventBody::Checkpointed { image_path });
+                self.out.reply(op.ticket, Ok(Answer::Empty(Empty {})));
             }
             OpKind::Delete => {
                 if ok {
@@ -838,11 +978,7 @@ impl Container {
                 }
             }
             OpKind::Ps(out) => {
-                let result = if ok {
-                    self.parse_ps(&out)
-                } else {
-                    Err(failure())
-                };
+                let result = if ok { self.parse_ps(&out) } else { Err(failure()) };
                 let _ = fs::remove_file(&out);
                 self.out.reply(op.ticket, result);
             }
@@ -877,12 +1013,12 @@ impl Container {
 
     /// Readiness of one of the core's fds.
     pub fn on_ready(&mut self, token: Token, registry: &Registry) {
+        if let Some((notifier, _)) = self.oom.as_ref().filter(|(_, t)| *t == token) {
+            notifier.drain();
+            self.check_oom();
+        }
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
-            if proc
-                .console
-                .as_ref()
-                .is_some_and(|c| c.tokens().contains(&token))
-            {
+            if proc.console.as_ref().is_some_and(|c| c.tokens().contains(&token)) {
                 attach_console(proc, &mut self.tokens, registry);
             } else if proc.owns_token(token) {
                 proc.pump(registry);
@@ -912,33 +1048,26 @@ impl Container {
 
     /// Publishes every exit whose ordering rules are now met.
     fn try_publish(&mut self, registry: &Registry) {
+        // An OOM kill is published before the exit it caused: look once more now, the
+        // cgroup may be gone by the time its notification would be read.
+        if self
+            .init
+            .iter()
+            .chain(self.execs.values())
+            .any(|p| p.exit.is_some() && !p.exit_published)
+        {
+            self.check_oom();
+        }
         let now = Instant::now();
-        let ready = |p: &Process| {
-            let drained =
-                p.output_drained() || p.reaped_at.is_some_and(|t| now >= t + OUTPUT_GRACE);
-            p.exit.is_some() && !p.exit_published && !p.launching && drained
-        };
         for exec in self.execs.values_mut() {
-            if ready(exec) {
-                if !exec.output_drained() {
-                    crate::log!("exec {}: output still open {OUTPUT_GRACE:?} after exit; publishing the exit", exec.name);
-                }
-                self.out.publish_exit(exec);
-            }
+            publish_exit_if_ready(exec, now, &mut self.oom_kills_unclaimed, &mut self.out);
         }
         let execs_done = self
             .execs
             .values()
             .all(|e| e.exit_published || (e.pid.is_none() && !e.launching));
-        if let Some(init) = self.init.as_mut() {
-            if execs_done && ready(init) {
-                if !init.output_drained() {
-                    crate::log!(
-                        "init: output still open {OUTPUT_GRACE:?} after exit; publishing the exit"
-                    );
-                }
-                self.out.publish_exit(init);
-            }
+        if let Some(init) = self.init.as_mut().filter(|_| execs_done) {
+            publish_exit_if_ready(init, now, &mut self.oom_kills_unclaimed, &mut self.out);
         }
         self.maybe_finish_delete(registry);
     }
@@ -987,20 +1116,14 @@ fn setup_stdio(
             ));
         }
         for (stream, spec) in [(Stream::Stdin, stdin), (Stream::Stdout, stdout)] {
-            let end = stdio::open_host_end(
-                stream,
-                spec.as_deref(),
-                &dir.fifo(&proc.name, stream.name()),
-            )
-            .map_err(stdio_err)?;
+            let end = stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name()))
+                .map_err(stdio_err)?;
             set_path(proc, stream, &end);
             proc.pending_ends.push((stream, end));
         }
         let (a, b) = (tokens.next(), tokens.next());
-        proc.console = Some(
-            ConsoleSocket::bind(&dir.console_socket(&proc.name), registry, a, b)
-                .map_err(stdio_err)?,
-        );
+        proc.console =
+            Some(ConsoleSocket::bind(&dir.console_socket(&proc.name), registry, a, b).map_err(stdio_err)?);
         return Ok(io);
     }
     for (stream, spec) in [
@@ -1008,12 +1131,8 @@ fn setup_stdio(
         (Stream::Stdout, stdout),
         (Stream::Stderr, stderr),
     ] {
-        let end = stdio::open_host_end(
-            stream,
-            spec.as_deref(),
-            &dir.fifo(&proc.name, stream.name()),
-        )
-        .map_err(stdio_err)?;
+        let end = stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name()))
+            .map_err(stdio_err)?;
         set_path(proc, stream, &end);
         let HostEnd::Open { fd, keepalive, .. } = end else {
             continue;
@@ -1134,16 +1253,63 @@ fn exec_spec(base: &Value, given: &Value) -> Result<Value, RpcError> {
 
 /// `base` with `over` laid on it, variable by variable (`NAME=value`).
 fn merge_env(base: &[Value], over: &[Value]) -> Vec<Value> {
-    let name = |v: &Value| {
-        v.as_str()
-            .map(|s| s.split('=').next().unwrap_or(s).to_string())
-    };
+    let name = |v: &Value| v.as_str().map(|s| s.split('=').next().unwrap_or(s).to_string());
     let overridden: std::collections::HashSet<String> = over.iter().filter_map(name).collect();
     base.iter()
         .filter(|v| name(v).is_none_or(|n| !overridden.contains(&n)))
         .chain(over.iter())
         .cloned()
         .collect()
+}
+
+/// The CRIU options as runtime flags (checkpoint and restore share them).
+fn criu_args(o: &CriuOptions) -> Vec<String> {
+    let mut a = vec!["--image-path".to_string(), o.image_path.clone()];
+    if let Some(w) = &o.work_path {
+        a.extend(["--work-path".to_string(), w.clone()]);
+    }
+    for (on, flag) in [
+        (o.tcp_established, "--tcp-established"),
+        (o.ext_unix_sk, "--ext-unix-sk"),
+        (o.shell_job, "--shell-job"),
+        (o.file_locks, "--file-locks"),
+    ] {
+        if on {
+            a.push(flag.to_string());
+        }
+    }
+    a
+}
+
+/// Publishes a reaped process's exit once nothing it must follow is outstanding: its
+/// start (the runtime call that launches it has returned) and its output (relayed
+/// to the end, or the grace period is over).
+fn publish_exit_if_ready(proc: &mut Process, now: Instant, oom_unclaimed: &mut u64, out: &mut Outbox) {
+    let grace_over = proc.reaped_at.is_some_and(|t| now >= t + OUTPUT_GRACE);
+    if proc.exit.is_none() || proc.exit_published || proc.launching {
+        return;
+    }
+    if !proc.output_drained() {
+        if !grace_over {
+            return;
+        }
+        crate::log!(
+            "{}: output still open {OUTPUT_GRACE:?} after exit; publishing the exit",
+            proc.name
+        );
+    }
+    claim_oom_kill(proc, oom_unclaimed);
+    out.publish_exit(proc);
+}
+
+/// A process killed by SIGKILL takes one unclaimed OOM kill: its record says so.
+fn claim_oom_kill(proc: &mut Process, unclaimed: &mut u64) {
+    if let Some(record) = proc.exit.as_mut() {
+        if *unclaimed > 0 && record.status == Some(137) {
+            record.oom_killed = true;
+            *unclaimed -= 1;
+        }
+    }
 }
 
 fn runtime_name(path: &str) -> &str {

@@ -26,6 +26,11 @@ pub enum Call {
     Resize(ResizeParams),
     Delete(DeleteParams),
     Shutdown(ShutdownParams),
+    Pause,
+    Resume,
+    Stats,
+    Update(UpdateParams),
+    Checkpoint(CheckpointParams),
 }
 
 /// `{}` on the wire.
@@ -43,6 +48,7 @@ pub enum Answer {
     Container(ContainerState),
     Process(ProcessState),
     Pids(Vec<ContainerPid>),
+    Stats(Stats),
     /// `delete`: the exit record of what was deleted (null if it never ran).
     Deleted(Option<ExitRecord>),
     Empty(Empty),

@@ -158,10 +158,7 @@ mod tests {
         let (dir, mut log) = temp_log("replay");
         for pid in 1..=5 {
             let p = log.append(EventBody::Created { pid });
-            assert_eq!(
-                serde_json::from_str::<Event>(&p.json).unwrap().seq,
-                pid as u64
-            );
+            assert_eq!(serde_json::from_str::<Event>(&p.json).unwrap().seq, pid as u64);
         }
         let after2: Vec<u64> = log
             .replay(2)

@@ -155,8 +155,7 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod socket: {e}"))?;
     let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;
-    state_dir::write_atomic(&dir.options(), &options)
-        .map_err(|e| format!("cannot write options: {e}"))?;
+    state_dir::write_atomic(&dir.options(), &options).map_err(|e| format!("cannot write options: {e}"))?;
     let core = Container::new(
         opts.id.clone(),
         opts.bundle.clone(),
@@ -164,8 +163,7 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server
         dir.clone(),
     )
     .map_err(|e| format!("cannot set up {}: {e}", dir.root.display()))?;
-    let server =
-        Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
+    let server = Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
     state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
         .map_err(|e| format!("cannot write pid file: {e}"))?;
     Ok(server)

@@ -7,6 +7,7 @@
 //! tether-shim --version
 //! ```
 
+mod cgroup;
 mod cleanup;
 mod conn;
 mod console;
@@ -53,11 +54,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--id" => a.id = Some(value()?),
             "--bundle" => a.bundle = Some(PathBuf::from(value()?)),

@@ -116,10 +116,7 @@ impl Process {
 
     pub fn owns_token(&self, token: Token) -> bool {
         self.relays.iter().any(|r| r.tokens().any(|t| t == token))
-            || self
-                .console
-                .as_ref()
-                .is_some_and(|c| c.tokens().contains(&token))
+            || self.console.as_ref().is_some_and(|c| c.tokens().contains(&token))
     }
 
     /// Pumps every relay (after readiness, or at exit to take the last bytes).

@@ -57,6 +57,11 @@ fn parse_call(method: &str, p: Value) -> Result<Call, RpcError> {
         "resize" => Call::Resize(params(method, p)?),
         "delete" => Call::Delete(params(method, p)?),
         "shutdown" => Call::Shutdown(params(method, p)?),
+        "pause" => Call::Pause,
+        "resume" => Call::Resume,
+        "stats" => Call::Stats,
+        "update" => Call::Update(params(method, p)?),
+        "checkpoint" => Call::Checkpoint(params(method, p)?),
         _ => {
             return Err(err(
                 ErrorKind::MethodNotFound,
@@ -165,20 +170,13 @@ impl Front {
         match core.call(ticket, call, registry) {
             Some(result) => self.send_result(token, id, result, registry),
             None => {
-                self.pending
-                    .insert(ticket, (token, id.unwrap_or(Value::Null)));
+                self.pending.insert(ticket, (token, id.unwrap_or(Value::Null)));
             }
         }
     }
 
     /// A request without id is a notification: it runs, nothing is sent back.
-    fn send_result(
-        &mut self,
-        token: Token,
-        id: Option<Value>,
-        result: CallResult,
-        registry: &Registry,
-    ) {
+    fn send_result(&mut self, token: Token, id: Option<Value>, result: CallResult, registry: &Registry) {
         let Some(id) = id else { return };
         let bytes = match result {
             Ok(answer) => match serde_json::to_value(&answer) {
@@ -218,10 +216,7 @@ impl Front {
                     return self.send_result(token, id, Err(e), registry);
                 }
                 Err(crate::events::ReplayError::Io(e)) => {
-                    let e = err(
-                        ErrorKind::Internal,
-                        format!("cannot read the event log: {e}"),
-                    );
+                    let e = err(ErrorKind::Internal, format!("cannot read the event log: {e}"));
                     return self.send_result(token, id, Err(e), registry);
                 }
             },
@@ -307,10 +302,7 @@ fn split_request(value: Value) -> Result<(Option<Value>, String, Value), (Value,
     let id_shown = id.clone().unwrap_or(Value::Null);
     if let Some(id) = &id {
         if !(id.is_string() || id.is_number() || id.is_null()) {
-            return Err(invalid(
-                &Value::Null,
-                "id must be a string, a number or null",
-            ));
+            return Err(invalid(&Value::Null, "id must be a string, a number or null"));
         }
     }
     match obj.get("jsonrpc") {
@@ -354,9 +346,6 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::MethodNotFound);
         let e = parse_call("kill", json!({"signal": {}})).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidParams);
-        assert!(matches!(
-            parse_call("state", Value::Null),
-            Ok(Call::State(_))
-        ));
+        assert!(matches!(parse_call("state", Value::Null), Ok(Call::State(_))));
     }
 }

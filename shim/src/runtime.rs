@@ -69,9 +69,7 @@ impl Runtime {
             .stdout(stdio(io.stdout))
             .stderr(stdio(io.stderr))
             .spawn()
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot run runtime {}: {e}", self.path))
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run runtime {}: {e}", self.path)))?;
         // The reaper collects it; the Child handle is dropped without waiting.
         Ok(child.id() as i32)
     }
@@ -86,11 +84,7 @@ pub fn failure_message(what: &str, log: &Path, status: i32) -> String {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) => {
-                let msg = v
-                    .get("msg")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or(line)
-                    .to_string();
+                let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or(line).to_string();
                 let level = v.get("level").and_then(|l| l.as_str()).unwrap_or("");
                 if level == "error" || level == "fatal" {
                     last_error = Some(msg.clone());

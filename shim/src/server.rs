@@ -153,8 +153,7 @@ impl Server {
 fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     use std::os::fd::AsFd;
-    let creds =
-        getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let creds = getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     let me = nix::unistd::geteuid().as_raw();
     if creds.uid() == me || creds.uid() == 0 {
         Ok(())

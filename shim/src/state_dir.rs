@@ -38,10 +38,7 @@ impl StateDir {
     /// Makes the directory (0700); its parent is made as needed.
     pub fn create(&self) -> io::Result<()> {
         if let Some(parent) = self.root.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(parent)?;
+            fs::DirBuilder::new().recursive(true).mode(0o711).create(parent)?;
         }
         fs::DirBuilder::new().mode(0o700).create(&self.root)
     }
@@ -75,16 +72,14 @@ impl StateDir {
     }
     /// `exits/init.json` or `exits/exec-ID.json`, written before the exit event.
     pub fn exit_record(&self, process: &str) -> PathBuf {
-        self.exits_dir()
-            .join(format!("{}.json", file_stem(process)))
+        self.exits_dir().join(format!("{}.json", file_stem(process)))
     }
     /// FIFOs the shim makes when the client names none: `init-stdout`, `exec-ID-stdin`.
     pub fn fifo(&self, process: &str, stream: &str) -> PathBuf {
         self.root.join(format!("{}-{stream}", file_stem(process)))
     }
     pub fn console_socket(&self, process: &str) -> PathBuf {
-        self.root
-            .join(format!("{}-console.sock", file_stem(process)))
+        self.root.join(format!("{}-console.sock", file_stem(process)))
     }
     /// runc's `--log` for one invocation.
     pub fn runtime_log(&self, op: &str) -> PathBuf {

@@ -54,11 +54,7 @@ pub enum HostEnd {
 
 /// Opens the host end of `stream`: `spec` is the client's absolute path, or `None`
 /// for a FIFO the shim makes at `own_fifo`.
-pub fn open_host_end(
-    stream: Stream,
-    spec: Option<&str>,
-    own_fifo: &Path,
-) -> Result<HostEnd, String> {
+pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Result<HostEnd, String> {
     let path = match spec {
         Some("/dev/null") => return Ok(HostEnd::Null),
         Some(p) if !p.starts_with('/') => {
@@ -66,13 +62,8 @@ pub fn open_host_end(
         }
         Some(p) => p.to_string(),
         None => {
-            make_fifo(own_fifo).map_err(|e| {
-                format!(
-                    "cannot make {} FIFO {}: {e}",
-                    stream.name(),
-                    own_fifo.display()
-                )
-            })?;
+            make_fifo(own_fifo)
+                .map_err(|e| format!("cannot make {} FIFO {}: {e}", stream.name(), own_fifo.display()))?;
             own_fifo.display().to_string()
         }
     };
@@ -93,8 +84,7 @@ pub fn open_host_end(
             })
         }
         (_, true) => {
-            let keepalive =
-                open(&path, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| what(&e))?;
+            let keepalive = open(&path, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| what(&e))?;
             let fd = open(&path, OFlag::O_WRONLY | OFlag::O_NONBLOCK).map_err(|e| what(&e))?;
             set_pipe_capacity(&fd);
             Ok(HostEnd::Open {
@@ -140,9 +130,7 @@ fn make_fifo(path: &Path) -> Result<(), Errno> {
     match nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)) {
         Err(Errno::EEXIST) => {
             let is_fifo = nix::sys::stat::stat(path)
-                .map(|s| {
-                    SFlag::from_bits_truncate(s.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFIFO
-                })
+                .map(|s| SFlag::from_bits_truncate(s.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFIFO)
                 .unwrap_or(false);
             if is_fifo {
                 Ok(())
@@ -223,11 +211,7 @@ impl Relay {
     /// Registers both ends with the loop (edge-triggered); an end epoll refuses (a
     /// regular file, /dev/null) is always ready and needs no registration. Returns the
     /// tokens used.
-    pub fn register(
-        &mut self,
-        registry: &Registry,
-        mut next_token: impl FnMut() -> Token,
-    ) -> Vec<Token> {
+    pub fn register(&mut self, registry: &Registry, mut next_token: impl FnMut() -> Token) -> Vec<Token> {
         let mut used = Vec::new();
         let ends = [
             (self.src.as_ref().map(|f| f.as_raw_fd()), Interest::READABLE),
@@ -236,10 +220,7 @@ impl Relay {
         for (fd, interest) in ends {
             let Some(fd) = fd else { continue };
             let token = next_token();
-            if registry
-                .register(&mut SourceFd(&fd), token, interest)
-                .is_ok()
-            {
+            if registry.register(&mut SourceFd(&fd), token, interest).is_ok() {
                 self.tokens.push((fd, token));
                 used.push(token);
             }

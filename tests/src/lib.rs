@@ -87,11 +87,7 @@ pub fn shared_rootfs() -> PathBuf {
         return dir;
     }
     // Build it aside and rename: concurrent test binaries race here.
-    let tmp = std::env::temp_dir().join(format!(
-        "tether-test-rootfs.{}.{}",
-        std::process::id(),
-        unique()
-    ));
+    let tmp = std::env::temp_dir().join(format!("tether-test-rootfs.{}.{}", std::process::id(), unique()));
     make_rootfs(&tmp).expect("make busybox rootfs");
     if fs::rename(&tmp, &dir).is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -283,8 +279,7 @@ impl Shim {
 
     pub fn client(&self) -> Client {
         let c = Client::connect(&self.socket).expect("connect to shim");
-        c.set_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
+        c.set_timeout(Some(Duration::from_secs(30))).expect("timeout");
         c
     }
 

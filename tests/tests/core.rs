@@ -184,10 +184,7 @@ fn garbage_gets_errors_and_breaks_nothing() {
         (b"this is not json\n", "parse_error"),
         (b"{\"id\":1,\"method\":\"hel\n", "parse_error"),
         (b"[1,2,3]\n", "invalid_request"),
-        (
-            b"{\"id\":2,\"method\":\"frobnicate\"}\n",
-            "method_not_found",
-        ),
+        (b"{\"id\":2,\"method\":\"frobnicate\"}\n", "method_not_found"),
         (
             b"{\"id\":3,\"method\":\"kill\",\"params\":{\"signal\":\"SIGNOPE\"}}\n",
             "invalid_params",
@@ -201,10 +198,7 @@ fn garbage_gets_errors_and_breaks_nothing() {
             b"{\"id\":6,\"method\":\"wait\",\"params\":{\"process\":\"nope\"}}\n",
             "not_found",
         ),
-        (
-            b"{\"id\":{\"x\":1},\"method\":\"hello\"}\n",
-            "invalid_request",
-        ),
+        (b"{\"id\":{\"x\":1},\"method\":\"hello\"}\n", "invalid_request"),
     ];
     for (line, kind) in cases {
         w.write_all(line).unwrap();
@@ -215,13 +209,10 @@ fn garbage_gets_errors_and_breaks_nothing() {
             "for {:?}: {v}",
             String::from_utf8_lossy(line)
         );
-        assert!(v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // Same connection still serves, and without "jsonrpc" (a person typing).
-    w.write_all(b"{\"id\":\"x\",\"method\":\"hello\"}\n")
-        .unwrap();
+    w.write_all(b"{\"id\":\"x\",\"method\":\"hello\"}\n").unwrap();
     let v = raw_line(&mut r);
     assert_eq!(v["id"], "x");
     assert_eq!(v["result"]["id"], shim.id.as_str());
@@ -324,14 +315,8 @@ fn delete_leaves_nothing_behind() {
     wait_until(T, "shim exit", || pid_gone(shim_pid));
     assert!(pid_gone(init_pid));
     assert!(!shim.state_dir.exists(), "state dir left behind");
-    let runc_state = Command::new("runc")
-        .args(["state", &shim.id])
-        .output()
-        .unwrap();
-    assert!(
-        !runc_state.status.success(),
-        "runc still knows the container"
-    );
+    let runc_state = Command::new("runc").args(["state", &shim.id]).output().unwrap();
+    assert!(!runc_state.status.success(), "runc still knows the container");
 }
 
 #[test]
@@ -398,10 +383,7 @@ fn stdio_to_client_fifos_and_files() {
         .unwrap();
     let exit = c.wait(None).unwrap();
     assert_eq!(exit.status, Some(0));
-    assert_eq!(
-        fs::read_to_string(&stdout_file).unwrap(),
-        "before\ngot:ping\n"
-    );
+    assert_eq!(fs::read_to_string(&stdout_file).unwrap(), "before\ngot:ping\n");
     assert_eq!(err_t.join().unwrap(), b"bad\n");
 }
 

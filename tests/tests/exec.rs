@@ -117,10 +117,7 @@ fn exec_refusals_are_clear() {
             json!({"exec_id": "a", "process": {"args": ["true"], "cwd": "rel"}}),
             ErrorKind::InvalidParams,
         ),
-        (
-            json!({"exec_id": "a", "process": "sh"}),
-            ErrorKind::InvalidParams,
-        ),
+        (json!({"exec_id": "a", "process": "sh"}), ErrorKind::InvalidParams),
     ];
     for (params, kind) in bad {
         let e = c.call_value("exec", params.clone()).unwrap_err();
@@ -190,8 +187,7 @@ fn close_stdin_ends_cat_through_a_pipe() {
         .unwrap()
         .write_all(b"meow\n")
         .unwrap();
-    c.call_value("close_stdin", json!({"process": "cat"}))
-        .unwrap();
+    c.call_value("close_stdin", json!({"process": "cat"})).unwrap();
     let exit = c.wait(Some("cat")).unwrap();
     assert_eq!(exit.status, Some(0));
     assert_eq!(reader.join().unwrap(), b"meow\n");
@@ -230,12 +226,8 @@ fn terminal_init_sees_its_size_and_a_pts() {
     let mut c = shim.client();
     let created = c.create(&CreateParams::default()).unwrap();
     assert!(created.terminal);
-    assert_eq!(
-        created.stdio.stderr, None,
-        "a terminal has no separate stderr"
-    );
-    c.call_value("resize", json!({"rows": 30, "cols": 100}))
-        .unwrap();
+    assert_eq!(created.stdio.stderr, None, "a terminal has no separate stderr");
+    c.call_value("resize", json!({"rows": 30, "cols": 100})).unwrap();
     let out = created.stdio.stdout.clone().unwrap();
     let reader = std::thread::spawn(move || read_fifo_to_end(Path::new(&out), T));
     c.start().unwrap();
@@ -244,9 +236,7 @@ fn terminal_init_sees_its_size_and_a_pts() {
     let mut lines = text.lines();
     assert_eq!(lines.next().map(str::trim), Some("30 100"), "{text:?}");
     assert!(
-        lines
-            .next()
-            .is_some_and(|l| l.trim().starts_with("/dev/pts/")),
+        lines.next().is_some_and(|l| l.trim().starts_with("/dev/pts/")),
         "{text:?}"
     );
 }
@@ -267,14 +257,11 @@ fn terminal_exec_echoes_input_and_close_stdin_ends_it() {
     // The line comes back twice: the terminal's echo, then cat's output.
     let got = read_until(&mut out, "round trip\r\nround trip\r\n");
     assert!(got.contains("round trip"));
-    c.call_value("close_stdin", json!({"process": "tty"}))
-        .unwrap();
+    c.call_value("close_stdin", json!({"process": "tty"})).unwrap();
     let exit = c.wait(Some("tty")).unwrap();
     assert_eq!(exit.status, Some(0));
     // A resize of a process without terminal is refused.
-    let e = c
-        .call_value("resize", json!({"rows": 1, "cols": 1}))
-        .unwrap_err();
+    let e = c.call_value("resize", json!({"rows": 1, "cols": 1})).unwrap_err();
     assert_eq!(e.rpc_kind(), Some(ErrorKind::WrongState));
 }
 
@@ -289,9 +276,7 @@ fn init_exit_after_execs(spec: BundleSpec) {
         json!({"args": ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]}),
     );
     c.kill(None, 9, false).unwrap();
-    let events = events_until(&mut c, |e| {
-        exit_of(std::slice::from_ref(e), "init").is_some()
-    });
+    let events = events_until(&mut c, |e| exit_of(std::slice::from_ref(e), "init").is_some());
     let init = exit_of(&events, "init").unwrap().seq;
     let a = exit_of(&events, "a").expect("exec a exit published").seq;
     let b = exit_of(&events, "b").expect("exec b exit published").seq;
@@ -353,11 +338,7 @@ fn a_thousand_sequential_and_fifty_concurrent_execs_leak_nothing() {
     for i in 0..1000 {
         let id = format!("s{i}");
         let code = i % 7;
-        exec(
-            &mut c,
-            &id,
-            json!({"args": ["sh", "-c", format!("exit {code}")]}),
-        );
+        exec(&mut c, &id, json!({"args": ["sh", "-c", format!("exit {code}")]}));
         let exit = c.wait(Some(&id)).unwrap();
         assert_eq!(exit.status, Some(code), "exec {id}");
         c.delete(Some(&id), false).unwrap();

@@ -31,8 +31,7 @@ fn output_survives_a_daemon_killed_mid_stream() {
     require_root_and_runc();
     const LINES: u32 = 1_500_000; // about 10.9 MB of counter lines
     let work = TempDir::new("tether-reattach");
-    let bundle =
-        BundleSpec::new(&["seq", "1", &LINES.to_string()]).write(&work.path().join("bundle"));
+    let bundle = BundleSpec::new(&["seq", "1", &LINES.to_string()]).write(&work.path().join("bundle"));
     let state_dir = work.path().join("state");
     let record = work.path().join("record");
     let id = unique_id("ra");
@@ -123,9 +122,7 @@ fn exit_while_no_daemon_listens_is_found_three_ways() {
     assert_eq!(on_disk.status, Some(42));
     let mut c = shim.client();
     let replay = c.subscribe(Some(0)).unwrap();
-    let replayed: Vec<Event> = (0..replay.replayed)
-        .map(|_| c.next_event().unwrap())
-        .collect();
+    let replayed: Vec<Event> = (0..replay.replayed).map(|_| c.next_event().unwrap()).collect();
     let exit = replayed.iter().find_map(|e| match &e.body {
         EventBody::Exit(r) => Some(r.clone()),
         _ => None,
@@ -205,10 +202,7 @@ fn ten_thousand_events_later_the_log_is_bounded_and_replay_works() {
         .unwrap()
         .lines()
         .count() as u64;
-    assert!(
-        log_lines < 5000,
-        "event log holds {log_lines} lines: not bounded"
-    );
+    assert!(log_lines < 5000, "event log holds {log_lines} lines: not bounded");
     assert!(hello.first_seq > 1, "nothing was compacted");
     assert_eq!(log_lines, hello.last_seq - hello.first_seq + 1);
     for since in [
@@ -220,9 +214,7 @@ fn ten_thousand_events_later_the_log_is_bounded_and_replay_works() {
         let mut r = shim.client();
         let res = r.subscribe(Some(since)).unwrap();
         assert_eq!(res.replayed, hello.last_seq - since);
-        let seqs: Vec<u64> = (0..res.replayed)
-            .map(|_| r.next_event().unwrap().seq)
-            .collect();
+        let seqs: Vec<u64> = (0..res.replayed).map(|_| r.next_event().unwrap().seq).collect();
         assert_eq!(seqs, ((since + 1)..=hello.last_seq).collect::<Vec<_>>());
     }
     let e = shim.client().subscribe(Some(0)).unwrap_err();
@@ -253,10 +245,7 @@ fn a_sigkilled_shim_is_listed_dead_and_cleanup_removes_everything() {
             .unwrap_or_default()
     };
     let alive = row(&list(&root));
-    assert!(
-        alive.contains("alive") && alive.contains("running"),
-        "{alive}"
-    );
+    assert!(alive.contains("alive") && alive.contains("running"), "{alive}");
     kill9(shim.pid() as u32);
     wait_until(T, "shim death", || pid_gone(shim.pid()));
     let dead = row(&list(&root));
@@ -283,10 +272,7 @@ fn a_sigkilled_shim_is_listed_dead_and_cleanup_removes_everything() {
     assert!(record.reason.is_some());
     wait_until(T, "container gone", || pid_gone(init_pid));
     assert!(!shim.state_dir.exists());
-    let st = Command::new("runc")
-        .args(["state", &shim.id])
-        .output()
-        .unwrap();
+    let st = Command::new("runc").args(["state", &shim.id]).output().unwrap();
     assert!(!st.status.success(), "runc state left behind");
 }
 
@@ -299,10 +285,7 @@ fn sigterm_does_not_stop_the_shim_or_the_container() {
     // SAFETY: signalling the shim we launched.
     unsafe { libc::kill(shim.pid(), libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        shim.client().hello().unwrap().status,
-        ContainerStatus::Running
-    );
+    assert_eq!(shim.client().hello().unwrap().status, ContainerStatus::Running);
     // shutdown refuses while the container runs, unless forced.
     assert_eq!(
         c.call_value("shutdown", json!({})).unwrap_err().rpc_kind(),

@@ -24,6 +24,10 @@ container:
   close-stdin [PROCESS]
   events [--since N]                                       follow events (replay after N)
   delete [--force] [--process P]
+  pause | resume | stats
+  update [--memory BYTES] [--cpu-shares N] [--cpu-quota N] [--cpu-period N] [--pids N]
+  checkpoint --image-path DIR [--work-path DIR] [--leave-running] [--tcp-established]
+             [--ext-unix-sk] [--shell-job] [--file-locks]
   shutdown [--force]
   call METHOD [JSON]                                       any method, raw JSON params
   run --id ID --bundle DIR                                 launch, create, start, print output, wait, delete";
@@ -126,9 +130,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             while let Some(x) = it.next() {
                 match x.as_str() {
                     "--all" => p["all"] = json!(true),
-                    "--process" => {
-                        p["process"] = json!(it.next().ok_or("--process needs a value")?)
-                    }
+                    "--process" => p["process"] = json!(it.next().ok_or("--process needs a value")?),
                     sig => p["signal"] = sig.parse::<i32>().map(|n| json!(n)).unwrap_or(json!(sig)),
                 }
             }
@@ -161,16 +163,28 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             let force = rest.iter().any(|x| *x == "--force");
             print_call(&g, "delete", json!({"process": process, "force": force}))
         }
-        "shutdown" => print_call(
-            &g,
-            "shutdown",
-            json!({"force": a.iter().any(|x| x == "--force")}),
-        ),
+        "shutdown" => print_call(&g, "shutdown", json!({"force": a.iter().any(|x| x == "--force")})),
+        "pause" | "resume" | "stats" => print_call(&g, &command, json!({})),
+        "update" => print_call(&g, "update", json!({ "resources": update_resources(&a)? })),
+        "checkpoint" => {
+            let mut p = json!({});
+            let mut it = a.iter();
+            while let Some(flag) = it.next() {
+                match flag.as_str() {
+                    "--image-path" | "--work-path" => {
+                        let key = flag.trim_start_matches("--").replace('-', "_");
+                        p[key] = json!(it.next().ok_or(format!("{flag} needs a path"))?);
+                    }
+                    "--leave-running" | "--tcp-established" | "--ext-unix-sk" | "--shell-job"
+                    | "--file-locks" => p[flag.trim_start_matches("--").replace('-', "_")] = json!(true),
+                    other => return Err(format!("checkpoint: unknown flag {other}")),
+                }
+            }
+            print_call(&g, "checkpoint", p)
+        }
         "events" => {
             let since = match a.as_slice() {
-                [flag, n] if flag == "--since" => {
-                    Some(n.parse::<u64>().map_err(|_| "--since takes a seq")?)
-                }
+                [flag, n] if flag == "--since" => Some(n.parse::<u64>().map_err(|_| "--since takes a seq")?),
                 [] => None,
                 _ => return Err("events [--since N]".into()),
             };
@@ -193,6 +207,29 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         "run" => run_container(&a),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
+}
+
+/// `update --memory BYTES --cpu-shares N --cpu-quota N --cpu-period N --pids N` as
+/// an OCI linux.resources object.
+fn update_resources(a: &[String]) -> Result<Value, String> {
+    let mut r = json!({});
+    let mut it = a.iter();
+    while let Some(flag) = it.next() {
+        let v: i64 = it
+            .next()
+            .ok_or(format!("{flag} needs a number"))?
+            .parse()
+            .map_err(|_| format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--memory" => r["memory"]["limit"] = json!(v),
+            "--cpu-shares" => r["cpu"]["shares"] = json!(v),
+            "--cpu-quota" => r["cpu"]["quota"] = json!(v),
+            "--cpu-period" => r["cpu"]["period"] = json!(v),
+            "--pids" => r["pids"]["limit"] = json!(v),
+            other => return Err(format!("update: unknown flag {other}")),
+        }
+    }
+    Ok(r)
 }
 
 fn process_param(p: Option<&String>) -> Value {
@@ -236,10 +273,7 @@ fn shim_binary() -> PathBuf {
 fn launch(g: &Global, a: &[String]) -> Result<PathBuf, String> {
     let mut args = vec!["start".to_string()];
     if !a.iter().any(|x| x == "--state-dir" || x == "--state-root") {
-        args.extend([
-            "--state-root".to_string(),
-            g.state_root.display().to_string(),
-        ]);
+        args.extend(["--state-root".to_string(), g.state_root.display().to_string()]);
     }
     args.extend(a.iter().cloned());
     let out = Command::new(shim_binary())
@@ -254,8 +288,7 @@ fn launch(g: &Global, a: &[String]) -> Result<PathBuf, String> {
 
 /// One line per shim under the state root: id, shim pid, alive or dead, status, last seq.
 fn list(g: &Global) -> Result<i32, String> {
-    let entries =
-        std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
+    let entries = std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
     println!(
         "{:<24} {:>8} {:<6} {:<9} {:>8}",
         "ID", "SHIM PID", "SHIM", "STATUS", "LAST SEQ"
@@ -434,10 +467,7 @@ fn exec(g: &Global, a: &[String]) -> Result<i32, String> {
     };
     if tty {
         if let Some((rows, cols)) = window_size() {
-            let _ = c.call_value(
-                "resize",
-                json!({"process": exec_id, "rows": rows, "cols": cols}),
-            );
+            let _ = c.call_value("resize", json!({"process": exec_id, "rows": rows, "cols": cols}));
         }
         watch_window_size(socket.clone(), exec_id.clone());
     }
@@ -506,10 +536,7 @@ fn watch_window_size(socket: PathBuf, process: String) {
         std::thread::sleep(std::time::Duration::from_millis(100));
         if CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed) {
             if let (Some((rows, cols)), Ok(mut c)) = (window_size(), Client::connect(&socket)) {
-                let _ = c.call_value(
-                    "resize",
-                    json!({"process": process, "rows": rows, "cols": cols}),
-                );
+                let _ = c.call_value("resize", json!({"process": process, "rows": rows, "cols": cols}));
             }
         }
     });
@@ -527,9 +554,7 @@ fn run_container(a: &[String]) -> Result<i32, String> {
     let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
     let show = |e: &Event| println!("event: {}", serde_json::to_string(e).unwrap_or_default());
     c.subscribe(Some(0)).map_err(|e| e.to_string())?;
-    let created = c
-        .create(&CreateParams::default())
-        .map_err(|e| e.to_string())?;
+    let created = c.create(&CreateParams::default()).map_err(|e| e.to_string())?;
     let outs = [
         drain_fifo(created.stdio.stdout.clone(), false),
         drain_fifo(created.stdio.stderr.clone(), true),

@@ -20,16 +20,9 @@ fn main() {
             .unwrap_or_else(|| panic!("{flag} is required"));
         args[i + 1].clone()
     };
-    let (id, bundle, state_dir, record) = (
-        get("--id"),
-        get("--bundle"),
-        get("--state-dir"),
-        get("--record"),
-    );
+    let (id, bundle, state_dir, record) = (get("--id"), get("--bundle"), get("--state-dir"), get("--record"));
     let want: usize = get("--read").parse().expect("--read BYTES");
-    let shim = std::env::current_exe()
-        .unwrap()
-        .with_file_name("tether-shim");
+    let shim = std::env::current_exe().unwrap().with_file_name("tether-shim");
     let out = Command::new(shim)
         .args([
             "start",
@@ -42,11 +35,7 @@ fn main() {
         ])
         .output()
         .expect("tether-shim start");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let socket = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let mut c = Client::connect(&socket).expect("connect");
     c.subscribe(Some(0)).expect("subscribe");
@@ -67,9 +56,7 @@ fn main() {
         let mut buf = vec![0u8; 64 << 10];
         let mut got = 0;
         while got < want {
-            let n = fifo
-                .read(&mut buf[..(want - got).min(64 << 10)])
-                .expect("read");
+            let n = fifo.read(&mut buf[..(want - got).min(64 << 10)]).expect("read");
             assert!(n > 0, "EOF before {want} bytes");
             file.write_all(&buf[..n]).unwrap();
             got += n;
