@@ -19,6 +19,9 @@ pub struct Conn {
     queued: usize,
     /// Receives events (after `subscribe`).
     pub subscribed: bool,
+    /// The client shut down its sending side (`socat` at the end of its input): no
+    /// more requests, but answers still due are sent.
+    pub read_closed: bool,
 }
 
 /// What a read found besides lines.
@@ -41,12 +44,16 @@ impl Conn {
             written: 0,
             queued: 0,
             subscribed: false,
+            read_closed: false,
         }
     }
 
     /// Reads what is available; returns the complete lines.
     pub fn read_lines(&mut self) -> (Vec<Vec<u8>>, ReadEnd) {
         let mut lines = Vec::new();
+        if self.read_closed {
+            return (lines, ReadEnd::Closed);
+        }
         let mut buf = [0u8; 16 << 10];
         loop {
             match self.stream.read(&mut buf) {

@@ -93,7 +93,8 @@ impl Front {
     }
 
     /// Readiness on a connection: read and serve its lines, write what is queued.
-    pub fn on_ready(&mut self, token: Token, core: &mut Container, registry: &Registry) {
+    /// `peer_gone`: the client closed both directions (nothing can reach it any more).
+    pub fn on_ready(&mut self, token: Token, peer_gone: bool, core: &mut Container, registry: &Registry) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
@@ -101,9 +102,16 @@ impl Front {
         for l in lines {
             self.serve_line(token, &l, core, registry);
         }
+        if peer_gone {
+            return self.drop_conn(token, registry, None);
+        }
         match end {
             ReadEnd::Open => {}
-            ReadEnd::Closed => return self.drop_conn(token, registry, None),
+            ReadEnd::Closed => {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    conn.read_closed = true;
+                }
+            }
             ReadEnd::TooLong => {
                 let reason = format!("request line longer than {MAX_LINE} bytes");
                 return self.drop_conn(token, registry, Some(&reason));
@@ -112,11 +120,15 @@ impl Front {
         self.flush(token, registry);
     }
 
+    /// Writes what is queued; drops the connection if the client is gone, or if it
+    /// has stopped sending and nothing more is owed to it.
     pub fn flush(&mut self, token: Token, registry: &Registry) {
-        if let Some(conn) = self.conns.get_mut(&token) {
-            if conn.flush().is_err() {
-                self.drop_conn(token, registry, None);
-            }
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let owed = conn.subscribed || self.pending.values().any(|(t, _)| *t == token);
+        if conn.flush().is_err() || (conn.read_closed && !conn.has_pending() && !owed) {
+            self.drop_conn(token, registry, None);
         }
     }
 
@@ -269,7 +281,7 @@ impl Front {
         let tokens: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.has_pending())
+            .filter(|(_, c)| c.has_pending() || c.read_closed)
             .map(|(t, _)| *t)
             .collect();
         for token in tokens {

@@ -90,7 +90,10 @@ impl Server {
                         }
                     }
                     t if t.0 >= FIRST_CORE_TOKEN => self.core.on_ready(t, self.poll.registry()),
-                    t => self.front.on_ready(t, &mut self.core, self.poll.registry()),
+                    t => {
+                        let gone = event.is_write_closed() && event.is_read_closed();
+                        self.front.on_ready(t, gone, &mut self.core, self.poll.registry())
+                    }
                 }
             }
             let registry = self.poll.registry();

@@ -442,3 +442,24 @@ fn launch_errors_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     let _ = json!(null);
 }
+
+#[test]
+fn a_client_that_stops_sending_still_gets_its_late_answers() {
+    // What `echo ... | socat - UNIX-CONNECT:...` does: send, shut down writing, read.
+    let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", "sleep 0.3; exit 5"]));
+    let mut c = shim.client();
+    c.create(&CreateParams {
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        stdin: Some("/dev/null".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    c.start().unwrap();
+    let mut stream = UnixStream::connect(&shim.socket).unwrap();
+    stream.set_read_timeout(Some(T)).unwrap();
+    stream.write_all(b"{\"id\":1,\"method\":\"wait\"}\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let v = raw_line(&mut BufReader::new(stream));
+    assert_eq!(v["result"]["status"], 5, "{v}");
+}
