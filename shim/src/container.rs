@@ -354,13 +354,13 @@ impl Container {
         let bad = |m: String| err(ErrorKind::InvalidBundle, m);
         let text =
             fs::read_to_string(&config).map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
-        let spec: oci_spec::runtime::Spec = serde_json::from_str(&text)
+        let spec: crate::spec::Config = serde_json::from_str(&text)
             .map_err(|e| bad(format!("{} is not a valid OCI spec: {e}", config.display())))?;
         let root = spec
-            .root()
+            .root
             .as_ref()
             .ok_or_else(|| bad(format!("{} has no root", config.display())))?;
-        let rootfs = self.bundle.join(root.path());
+        let rootfs = self.bundle.join(&root.path);
         if !rootfs.is_dir() {
             return Err(bad(format!(
                 "rootfs {} does not exist (root.path in {})",
@@ -370,11 +370,7 @@ impl Container {
         }
         let raw: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         self.base_process = raw.get("process").cloned().unwrap_or(Value::Null);
-        Ok(spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false))
+        Ok(spec.process.is_some_and(|p| p.terminal))
     }
 
     fn start(&mut self, ticket: Ticket) -> Result<(), RpcError> {
@@ -703,7 +699,7 @@ impl Container {
                 format!("cannot update: container is {}", status_name(status)),
             ));
         }
-        serde_json::from_value::<oci_spec::runtime::LinuxResources>(p.resources.clone()).map_err(|e| {
+        serde_json::from_value::<crate::spec::Resources>(p.resources.clone()).map_err(|e| {
             err(
                 ErrorKind::InvalidParams,
                 format!("resources is not an OCI linux.resources object: {e}"),
@@ -1237,16 +1233,13 @@ fn exec_spec(base: &Value, given: &Value) -> Result<Value, RpcError> {
         spec.insert(k.clone(), merged);
     }
     let spec = Value::Object(spec);
-    let parsed: oci_spec::runtime::Process = serde_json::from_value(spec.clone())
+    let parsed: crate::spec::Process = serde_json::from_value(spec.clone())
         .map_err(|e| bad(format!("process is not a valid OCI process: {e}")))?;
-    if parsed.args().as_ref().is_none_or(|a| a.is_empty()) {
+    if parsed.args.as_ref().is_none_or(|a| a.is_empty()) {
         return Err(bad("process.args must name a program".to_string()));
     }
-    if !parsed.cwd().is_absolute() {
-        return Err(bad(format!(
-            "process.cwd {} is not absolute",
-            parsed.cwd().display()
-        )));
+    if !parsed.cwd.starts_with('/') {
+        return Err(bad(format!("process.cwd {} is not absolute", parsed.cwd)));
     }
     Ok(spec)
 }

@@ -21,6 +21,7 @@ mod reaper;
 mod rpc;
 mod runtime;
 mod server;
+mod spec;
 mod state_dir;
 mod stdio;
 

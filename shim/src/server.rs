@@ -75,6 +75,8 @@ impl Server {
                 }
             }
             let mut reap = false;
+            // Requests and runtime calls allocate; relaying output does not.
+            let mut allocated = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER if exiting.is_none() => self.accept(),
@@ -91,6 +93,7 @@ impl Server {
                     }
                     t if t.0 >= FIRST_CORE_TOKEN => self.core.on_ready(t, self.poll.registry()),
                     t => {
+                        allocated = true;
                         let gone = event.is_write_closed() && event.is_read_closed();
                         self.front.on_ready(t, gone, &mut self.core, self.poll.registry())
                     }
@@ -99,10 +102,17 @@ impl Server {
             let registry = self.poll.registry();
             if reap {
                 self.core.on_child_exits(reaper::reap_all(), registry);
+                allocated = true;
             }
             self.core.on_tick(registry);
             if let Some(remove) = self.front.route(self.core.take_outputs(), registry) {
                 exiting.get_or_insert((Instant::now() + EXIT_FLUSH, remove));
+            }
+            if allocated && self.front.all_flushed() {
+                // Hand freed heap back to the kernel: an idle shim's resident memory
+                // is a headline figure, and glibc keeps what a burst of work freed.
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
             }
             if let Some((at, remove)) = exiting {
                 if self.front.all_flushed() || Instant::now() >= at {

@@ -1,0 +1,1247 @@
+//! `bench`: tether side by side with bare runc, conmon and containerd-shim-runc-v2, on
+//! the same busybox workloads in the same run, runs interleaved. Prints one table of
+//! medians (min–max) and ratios, and writes results.json and ratios.svg.
+//!
+//! `bench [--quick] [--out DIR]` (scripts/bench installs the peers and builds first).
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tether_protocol::{Client, CreateParams, ExecParams};
+use tether_tests::{binary, make_rootfs, BundleSpec};
+
+const SYSTEMS: [&str; 4] = ["runc", "tether", "conmon", "containerd"];
+
+struct Bench {
+    work: PathBuf,
+    runc_root: PathBuf,
+    rootfs: PathBuf,
+    quick: bool,
+    ctd: Containerd,
+    seq: u32,
+    /// figure -> system -> samples
+    samples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bench-results"));
+    tether_tests::require_root_and_runc();
+    for tool in ["conmon", "containerd", "ctr", "containerd-shim-runc-v2"] {
+        assert!(
+            which(tool).is_some(),
+            "{tool} is not installed: run scripts/bench (it installs the peers)"
+        );
+    }
+    let work = PathBuf::from("/tmp/tether-bench");
+    cleanup_leftovers(&work);
+    fs::create_dir_all(&work).unwrap();
+    let rootfs = work.join("rootfs");
+    make_rootfs(&rootfs).expect("rootfs");
+    let ctd = Containerd::start(&work);
+    let mut b = Bench {
+        runc_root: work.join("runc"),
+        rootfs,
+        quick,
+        ctd,
+        seq: 0,
+        samples: BTreeMap::new(),
+        work: work.clone(),
+    };
+    let started = Instant::now();
+    let runs = if quick { 3 } else { 15 };
+    eprintln!("bench: start latency ({runs} runs each, interleaved)");
+    for _ in 0..runs {
+        for sys in SYSTEMS {
+            let ms = b.start_latency(sys);
+            b.record("start_ms", sys, ms);
+        }
+    }
+    eprintln!("bench: exit latency");
+    for _ in 0..runs {
+        for sys in ["tether", "conmon", "containerd"] {
+            let ms = b.exit_latency(sys);
+            b.record("exit_ms", sys, ms);
+        }
+    }
+    eprintln!("bench: exec latency");
+    b.exec_latency(runs);
+    eprintln!("bench: output throughput");
+    let mb = if quick { 128 } else { 1024 };
+    for _ in 0..(if quick { 1 } else { 2 }) {
+        for sys in ["floor", "tether", "conmon", "containerd"] {
+            let (mbps, cpu) = b.throughput(sys, mb);
+            b.record("throughput_mbps", sys, mbps);
+            b.record("cpu_s_per_gb", sys, cpu);
+        }
+    }
+    eprintln!("bench: idle memory");
+    b.idle_memory(if quick { 5 } else { 50 });
+    let report = b.report(started.elapsed());
+    fs::create_dir_all(&out).unwrap();
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    fs::write(out.join("ratios.svg"), svg(&report)).unwrap();
+    eprintln!("bench: wrote {}/results.json and ratios.svg", out.display());
+    drop(b);
+    cleanup_leftovers(&work);
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+/// Removes what an earlier, interrupted run left: containers, shims, containerd.
+fn cleanup_leftovers(work: &Path) {
+    let root = work.join("runc");
+    if let Ok(out) = Command::new("runc")
+        .args(["--root", root.to_str().unwrap(), "list", "-q"])
+        .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("runc")
+                .args(["--root", root.to_str().unwrap(), "delete", "--force", id])
+                .output();
+        }
+    }
+    let _ = Command::new("pkill")
+        .args(["-9", "-f", "/tmp/tether-bench/"])
+        .status();
+    let _ = Command::new("pkill")
+        .args(["-9", "-f", "containerd-shim-runc-v2 -namespace tbench"])
+        .status();
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = fs::remove_dir_all(work);
+}
+
+/// Median, min, max.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (
+        median,
+        *s.first().unwrap_or(&f64::NAN),
+        *s.last().unwrap_or(&f64::NAN),
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (PSS, private dirty, RSS) in kB from /proc/PID/smaps_rollup.
+fn smaps(pid: i32) -> (f64, f64, f64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (field("Pss:"), field("Private_Dirty:"), field("Rss:"))
+}
+
+/// utime+stime of a process in seconds.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn pidfd_open(pid: i32) -> OwnedFd {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn readable(fds: &[RawFd], timeout_ms: i32) -> Vec<bool> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll over our own array.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    p.iter().map(|x| x.revents != 0).collect()
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a container process of ours.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "bench: timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn null_stdio() -> CreateParams {
+    CreateParams {
+        stdin: Some("/dev/null".into()),
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        ..Default::default()
+    }
+}
+
+/// A private containerd (own root, state and socket) for containerd-shim-runc-v2.
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(work: &Path) -> Containerd {
+        let dir = work.join("containerd");
+        fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.tracing.processor.v1.otlp\", \"io.containerd.internal.v1.tracing\"]\n\
+             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n",
+            d = dir.display(),
+            s = sock.display()
+        );
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let log = fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        wait_for("containerd socket", Duration::from_secs(20), || sock.exists());
+        Containerd { child, sock }
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&self.sock).args(["-n", "tbench"]);
+        c
+    }
+
+    fn remove(&self, id: &str) {
+        let _ = self.ctr().args(["task", "kill", "-s", "KILL", id]).output();
+        for _ in 0..200 {
+            if self
+                .ctr()
+                .args(["task", "rm", "-f", id])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.ctr().args(["container", "rm", id]).output();
+    }
+
+    fn shim_pid(&self, id: &str) -> i32 {
+        let pat = format!("containerd-shim-runc-v2 -namespace tbench -id {id} ");
+        let mut found = 0;
+        wait_for("containerd shim pid", Duration::from_secs(10), || {
+            found = pgrep(&pat);
+            found > 0
+        });
+        found
+    }
+
+    fn task_pid(&self, id: &str) -> i32 {
+        let out = self.ctr().args(["task", "ls"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .expect("task pid")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pid whose cmdline (spaces for NULs) contains `pat`.
+fn pgrep(pat: &str) -> i32 {
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd: String = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(pat) {
+            return pid;
+        }
+    }
+    0
+}
+
+/// A container under conmon, launched the way Podman does.
+struct Conmon {
+    id: String,
+    conmon_pid: i32,
+    exit_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Bench {
+    fn id(&mut self, prefix: &str) -> String {
+        self.seq += 1;
+        format!("{prefix}{}", self.seq)
+    }
+
+    fn record(&mut self, figure: &str, system: &str, v: f64) {
+        self.samples
+            .entry(figure.into())
+            .or_default()
+            .entry(system.into())
+            .or_default()
+            .push(v);
+    }
+
+    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        let dir = self.work.join("bundles").join(name);
+        if !dir.join("config.json").exists() {
+            BundleSpec::new(args).rootfs(self.rootfs.clone()).write(&dir);
+        }
+        dir
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root")
+            .arg(&self.runc_root)
+            .arg("--log")
+            .arg(self.work.join("runc.log"));
+        c
+    }
+
+    /// Runs runc with null stdio: `create` hands its stdio to the container, so a
+    /// captured pipe would never see EOF.
+    fn runc_ok(&self, args: &[&str]) {
+        let status = self
+            .runc()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if !status.success() {
+            let log = fs::read_to_string(self.work.join("runc.log")).unwrap_or_default();
+            panic!("runc {args:?} failed: {}", log.lines().last().unwrap_or(""));
+        }
+    }
+
+    fn runc_delete(&self, id: &str) {
+        let _ = self.runc().args(["delete", "--force", id]).output();
+    }
+
+    /// `tether-shim start` + connect; returns (client, state dir).
+    fn tether_launch(&mut self, id: &str, bundle: &Path) -> (Client, PathBuf) {
+        let state = self.work.join("tether").join(id);
+        let out = Command::new(binary("tether-shim"))
+            .args(["start", "--id", id, "--bundle"])
+            .arg(bundle)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--runtime-root")
+            .arg(&self.runc_root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tether-shim start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sock = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (Client::connect(sock).unwrap(), state)
+    }
+
+    fn tether_pid(state: &Path) -> i32 {
+        fs::read_to_string(state.join("shim.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn tether_remove(c: &mut Client, state: &Path) {
+        let pid = Self::tether_pid(state);
+        let _ = c.delete(None, true);
+        wait_for("tether shim exit", Duration::from_secs(10), || {
+            tether_tests::pid_gone(pid)
+        });
+    }
+
+    /// Starts conmon (api version 1, k8s-file log, exit dir), waits on its sync pipe
+    /// until the container is created.
+    fn conmon_create(&mut self, id: &str, bundle: &Path) -> Conmon {
+        let dir = self.work.join("conmon").join(id);
+        let exit_dir = dir.join("exits");
+        fs::create_dir_all(&exit_dir).unwrap();
+        fs::create_dir_all(dir.join("sock")).unwrap();
+        let log = dir.join("ctr.log");
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills our array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) }, 0);
+        let (r, w) = (fds[0], fds[1]);
+        let mut cmd = Command::new("conmon");
+        cmd.args([
+            "--api-version",
+            "1",
+            "-c",
+            id,
+            "-u",
+            id,
+            "-n",
+            id,
+            "-r",
+            "/usr/bin/runc",
+            "-b",
+        ])
+        .arg(bundle)
+        .arg("-p")
+        .arg(dir.join("pidfile"))
+        .arg("--exit-dir")
+        .arg(&exit_dir)
+        .arg("--socket-dir-path")
+        .arg(dir.join("sock"))
+        .arg("-l")
+        .arg(format!("k8s-file:{}", log.display()))
+        .args(["--log-level", "error", "--runtime-arg", "--root", "--runtime-arg"])
+        .arg(&self.runc_root)
+        .arg("--conmon-pidfile")
+        .arg(dir.join("conmon.pid"))
+        .env("_OCI_SYNCPIPE", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: dup2 in the child before exec, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(w, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("conmon");
+        // SAFETY: closing our copy of the write end; the read end becomes a File.
+        unsafe { libc::close(w) };
+        let mut sync = unsafe { fs::File::from_raw_fd(r) };
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("\"data\"") {
+            let n = sync.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "conmon sync pipe closed before the container was created: {got:?}"
+            );
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let v: Value = serde_json::from_str(got.lines().next().unwrap()).unwrap_or(Value::Null);
+        assert!(
+            v["data"].as_i64().unwrap_or(-1) > 0,
+            "conmon create failed: {got}"
+        );
+        let _ = child.wait();
+        let conmon_pid = fs::read_to_string(dir.join("conmon.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Conmon {
+            id: id.to_string(),
+            conmon_pid,
+            exit_dir,
+            log,
+        }
+    }
+
+    fn conmon_remove(&self, c: &Conmon) {
+        self.runc_delete(&c.id);
+        wait_for("conmon exit", Duration::from_secs(10), || {
+            tether_tests::pid_gone(c.conmon_pid)
+        });
+    }
+
+    /// From launching the monitor to the container's process running.
+    fn start_latency(&mut self, sys: &str) -> f64 {
+        let bundle = self.bundle("sleep", &["sleep", "1000"]);
+        let id = self.id("s");
+        match sys {
+            "runc" => {
+                let pidfile = self.work.join(format!("{id}.pid"));
+                let t = Instant::now();
+                self.runc_ok(&[
+                    "create",
+                    "--bundle",
+                    bundle.to_str().unwrap(),
+                    "--pid-file",
+                    pidfile.to_str().unwrap(),
+                    &id,
+                ]);
+                self.runc_ok(&["start", &id]);
+                let d = ms(t.elapsed());
+                self.runc_delete(&id);
+                d
+            }
+            "tether" => {
+                let t = Instant::now();
+                let (mut c, state) = self.tether_launch(&id, &bundle);
+                c.create(&null_stdio()).unwrap();
+                c.start().unwrap();
+                let d = ms(t.elapsed());
+                Self::tether_remove(&mut c, &state);
+                d
+            }
+            "conmon" => {
+                let t = Instant::now();
+                let c = self.conmon_create(&id, &bundle);
+                self.runc_ok(&["start", &id]);
+                let d = ms(t.elapsed());
+                self.conmon_remove(&c);
+                d
+            }
+            _ => {
+                let t = Instant::now();
+                let out = self
+                    .ctd
+                    .ctr()
+                    .args(["run", "--detach", "--null-io", "--rootfs"])
+                    .arg(&self.rootfs)
+                    .args([&id, "/bin/sleep", "1000"])
+                    .output()
+                    .unwrap();
+                let d = ms(t.elapsed());
+                assert!(
+                    out.status.success(),
+                    "ctr run: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                self.ctd.remove(&id);
+                d
+            }
+        }
+    }
+
+    /// Kill the container's process; time from its pidfd becoming readable to the
+    /// daemon side holding the exit status.
+    fn exit_latency(&mut self, sys: &str) -> f64 {
+        let bundle = self.bundle("sleep", &["sleep", "1000"]);
+        let id = self.id("x");
+        match sys {
+            "tether" => {
+                let (mut c, state) = self.tether_launch(&id, &bundle);
+                c.create(&null_stdio()).unwrap();
+                let pid = c.start().unwrap().pid;
+                let mut s = UnixStream::connect(state.join("shim.sock")).unwrap();
+                s.write_all(b"{\"id\":1,\"method\":\"subscribe\"}\n").unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap(); // the subscribe answer
+                let d = time_exit(pid, s.as_raw_fd(), || {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    line.contains("\"type\":\"exit\"")
+                });
+                Self::tether_remove(&mut c, &state);
+                d
+            }
+            "conmon" => {
+                let c = self.conmon_create(&id, &bundle);
+                self.runc_ok(&["start", &id]);
+                let pid: i32 = fs::read_to_string(self.work.join("conmon").join(&id).join("pidfile"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let ino = Inotify::watch(&c.exit_dir);
+                let exit_file = c.exit_dir.join(&id);
+                let d = time_exit(pid, ino.fd.as_raw_fd(), || {
+                    ino.drain();
+                    fs::read_to_string(&exit_file)
+                        .map(|s| !s.trim().is_empty())
+                        .unwrap_or(false)
+                });
+                self.conmon_remove(&c);
+                d
+            }
+            _ => {
+                let out = self
+                    .ctd
+                    .ctr()
+                    .args(["run", "--detach", "--null-io", "--rootfs"])
+                    .arg(&self.rootfs)
+                    .args([&id, "/bin/sleep", "1000"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                let pid = self.ctd.task_pid(&id);
+                let mut events = self
+                    .ctd
+                    .ctr()
+                    .arg("events")
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(150)); // let it subscribe
+                let stdout = events.stdout.take().unwrap();
+                let fd = stdout.as_raw_fd();
+                let mut r = BufReader::new(stdout);
+                let mut line = String::new();
+                let want = format!("\"container_id\":\"{id}\"");
+                let d = time_exit(pid, fd, || {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    line.contains("/tasks/exit") && line.contains(&want)
+                });
+                let _ = events.kill();
+                let _ = events.wait();
+                self.ctd.remove(&id);
+                d
+            }
+        }
+    }
+
+    fn exec_latency(&mut self, runs: usize) {
+        let bundle = self.bundle("sleep", &["sleep", "1000"]);
+        let tid = self.id("e");
+        let (mut c, state) = self.tether_launch(&tid, &bundle);
+        c.create(&null_stdio()).unwrap();
+        c.start().unwrap();
+        let rid = self.id("e");
+        let pidfile = self.work.join(format!("{rid}.pid"));
+        self.runc_ok(&[
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pidfile.to_str().unwrap(),
+            &rid,
+        ]);
+        self.runc_ok(&["start", &rid]);
+        let cid = self.id("e");
+        let out = self
+            .ctd
+            .ctr()
+            .args(["run", "--detach", "--null-io", "--rootfs"])
+            .arg(&self.rootfs)
+            .args([&cid, "/bin/sleep", "1000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        for i in 0..runs {
+            let t = Instant::now();
+            let ok = self
+                .runc()
+                .args(["exec", &rid, "/bin/true"])
+                .stdin(Stdio::null())
+                .status()
+                .unwrap();
+            let d = ms(t.elapsed());
+            assert!(ok.success());
+            self.record("exec_ms", "runc", d);
+
+            let eid = format!("t{i}");
+            let p = ExecParams {
+                exec_id: eid.clone(),
+                process: json!({"args": ["/bin/true"]}),
+                stdin: Some("/dev/null".into()),
+                stdout: Some("/dev/null".into()),
+                stderr: Some("/dev/null".into()),
+            };
+            let t = Instant::now();
+            c.exec(&p).unwrap();
+            let status = c.wait(Some(&eid)).unwrap().status;
+            let d = ms(t.elapsed());
+            assert_eq!(status, Some(0));
+            self.record("exec_ms", "tether", d);
+            let _ = c.delete(Some(&eid), false);
+
+            let t = Instant::now();
+            let ok = self
+                .ctd
+                .ctr()
+                .args(["task", "exec", "--exec-id", &format!("c{i}"), &cid, "/bin/true"])
+                .stdin(Stdio::null())
+                .status()
+                .unwrap();
+            let d = ms(t.elapsed());
+            assert!(ok.success());
+            self.record("exec_ms", "containerd", d);
+        }
+        Self::tether_remove(&mut c, &state);
+        self.runc_delete(&rid);
+        self.ctd.remove(&cid);
+    }
+
+    /// `mb` MiB from the container's stdout to the daemon side: (MB/s, monitor CPU
+    /// seconds per GB).
+    fn throughput(&mut self, sys: &str, mb: usize) -> (f64, f64) {
+        let count = mb.to_string();
+        let args = ["dd", "if=/dev/zero", "bs=1M", &format!("count={count}")];
+        let bundle = self.bundle(&format!("dd{mb}"), &args);
+        let id = self.id("t");
+        let bytes = (mb as u64) << 20;
+        let per_gb = |cpu: f64| cpu * (1u64 << 30) as f64 / bytes as f64;
+        let rate = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+        match sys {
+            "floor" => {
+                // The FIFO handed straight to the container: no monitor in the path.
+                let fifo = self.work.join(format!("{id}.fifo"));
+                assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+                let reader = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo)
+                    .unwrap();
+                let writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                let pidfile = self.work.join(format!("{id}.pid"));
+                let out = self
+                    .runc()
+                    .args([
+                        "create",
+                        "--bundle",
+                        bundle.to_str().unwrap(),
+                        "--pid-file",
+                        pidfile.to_str().unwrap(),
+                        &id,
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(writer)
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(out.success());
+                let t = Instant::now();
+                self.runc_ok(&["start", &id]);
+                let got = drain(reader);
+                let d = t.elapsed();
+                assert_eq!(got, bytes);
+                self.runc_delete(&id);
+                (rate(d), 0.0)
+            }
+            "tether" => {
+                let (mut c, state) = self.tether_launch(&id, &bundle);
+                let created = c
+                    .create(&CreateParams {
+                        stdin: Some("/dev/null".into()),
+                        stderr: Some("/dev/null".into()),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                let reader = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(created.stdio.stdout.unwrap())
+                    .unwrap();
+                let shim = Self::tether_pid(&state);
+                let cpu0 = cpu_seconds(shim).unwrap();
+                let t = Instant::now();
+                c.start().unwrap();
+                let got = drain(reader);
+                let d = t.elapsed();
+                let cpu = cpu_seconds(shim).unwrap() - cpu0;
+                assert_eq!(got, bytes);
+                Self::tether_remove(&mut c, &state);
+                (rate(d), per_gb(cpu))
+            }
+            "conmon" => {
+                let c = self.conmon_create(&id, &bundle);
+                let t = Instant::now();
+                self.runc_ok(&["start", &id]);
+                let exit_file = c.exit_dir.join(&id);
+                let mut cpu = 0.0;
+                while !exit_file.exists() {
+                    if let Some(s) = cpu_seconds(c.conmon_pid) {
+                        cpu = s;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let d = t.elapsed();
+                if let Some(s) = cpu_seconds(c.conmon_pid) {
+                    cpu = s;
+                }
+                let logged = fs::metadata(&c.log).map(|m| m.len()).unwrap_or(0);
+                assert!(logged >= bytes, "conmon logged {logged} of {bytes} bytes");
+                self.conmon_remove(&c);
+                let _ = fs::remove_file(&c.log);
+                (rate(d), per_gb(cpu))
+            }
+            _ => {
+                let t = Instant::now();
+                let mut child = self
+                    .ctd
+                    .ctr()
+                    .args(["run", "--rootfs"])
+                    .arg(&self.rootfs)
+                    .args([
+                        id.as_str(),
+                        "/bin/dd",
+                        "if=/dev/zero",
+                        "bs=1M",
+                        &format!("count={count}"),
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let stdout = child.stdout.take().unwrap();
+                let shim = self.ctd.shim_pid(&id);
+                let sampler = std::thread::spawn(move || {
+                    let mut last = 0.0;
+                    while let Some(s) = cpu_seconds(shim) {
+                        last = s;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    last
+                });
+                let got = drain_blocking(stdout);
+                let d = t.elapsed();
+                let _ = child.wait();
+                self.ctd.remove(&id);
+                let cpu = sampler.join().unwrap();
+                assert_eq!(got, bytes);
+                (rate(d), per_gb(cpu))
+            }
+        }
+    }
+
+    /// PSS of one idle monitor, then private dirty and PSS summed over `n` idle ones.
+    fn idle_memory(&mut self, n: usize) {
+        let bundle = self.bundle("sleep", &["sleep", "1000"]);
+        // tether
+        let mut shims = Vec::new();
+        for _ in 0..n {
+            let id = self.id("m");
+            let (mut c, state) = self.tether_launch(&id, &bundle);
+            let log = state.with_extension("log");
+            c.create(&CreateParams {
+                stdin: Some("/dev/null".into()),
+                stdout: Some(log.display().to_string()),
+                stderr: Some(log.display().to_string()),
+                ..Default::default()
+            })
+            .unwrap();
+            c.start().unwrap();
+            shims.push((c, state));
+        }
+        let pids: Vec<i32> = shims.iter().map(|(_, s)| Self::tether_pid(s)).collect();
+        self.memory_figures("tether", &pids);
+        for (mut c, state) in shims {
+            Self::tether_remove(&mut c, &state);
+        }
+        // conmon
+        let mut mons = Vec::new();
+        for _ in 0..n {
+            let id = self.id("m");
+            let c = self.conmon_create(&id, &bundle);
+            self.runc_ok(&["start", &id]);
+            mons.push(c);
+        }
+        let pids: Vec<i32> = mons.iter().map(|c| c.conmon_pid).collect();
+        self.memory_figures("conmon", &pids);
+        for c in &mons {
+            self.conmon_remove(c);
+        }
+        // containerd-shim-runc-v2
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = self.id("m");
+            let out = self
+                .ctd
+                .ctr()
+                .args(["run", "--detach", "--null-io", "--rootfs"])
+                .arg(&self.rootfs)
+                .args([&id, "/bin/sleep", "1000"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            ids.push(id);
+        }
+        let pids: Vec<i32> = ids.iter().map(|id| self.ctd.shim_pid(id)).collect();
+        self.memory_figures("containerd", &pids);
+        for id in &ids {
+            self.ctd.remove(id);
+        }
+        for (sys, path) in [
+            ("tether", binary("tether-shim")),
+            ("conmon", which("conmon").unwrap()),
+            ("containerd", which("containerd-shim-runc-v2").unwrap()),
+        ] {
+            let kb = fs::metadata(path).unwrap().len() as f64 / 1024.0;
+            self.record("binary_kb", sys, kb);
+        }
+    }
+
+    fn memory_figures(&mut self, sys: &str, pids: &[i32]) {
+        std::thread::sleep(Duration::from_millis(500)); // idle
+        let (pss, _, rss) = smaps(pids[0]);
+        self.record("idle_pss_kb", sys, pss);
+        self.record("idle_rss_kb", sys, rss);
+        let all: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
+        let n = pids.len() as f64;
+        self.record(
+            "pss_per_container_kb",
+            sys,
+            all.iter().map(|m| m.0).sum::<f64>() / n,
+        );
+        self.record(
+            "private_dirty_per_container_kb",
+            sys,
+            all.iter().map(|m| m.1).sum::<f64>() / n,
+        );
+        self.record("pss_sum_kb", sys, all.iter().map(|m| m.0).sum::<f64>());
+    }
+
+    fn median(&self, figure: &str, sys: &str) -> f64 {
+        self.samples
+            .get(figure)
+            .and_then(|m| m.get(sys))
+            .map(|v| stats(v).0)
+            .unwrap_or(f64::NAN)
+    }
+
+    fn report(&self, took: Duration) -> Value {
+        let n_idle = if self.quick { 5 } else { 50 };
+        let mut figures = serde_json::Map::new();
+        println!(
+            "\n{:<34} {:>24} {:>24} {:>24} {:>24}",
+            "figure (median, min-max)", "runc / floor", "tether", "conmon", "containerd-shim"
+        );
+        for (figure, systems) in &self.samples {
+            let mut row = serde_json::Map::new();
+            let mut cells = Vec::new();
+            for sys in ["runc", "floor", "tether", "conmon", "containerd"] {
+                if let Some(v) = systems.get(sys) {
+                    let (med, lo, hi) = stats(v);
+                    row.insert(
+                        sys.into(),
+                        json!({"median": med, "min": lo, "max": hi, "samples": v}),
+                    );
+                    cells.push((sys, format!("{med:.2} ({lo:.2}-{hi:.2})")));
+                }
+            }
+            let cell = |names: &[&str]| {
+                cells
+                    .iter()
+                    .find(|(s, _)| names.contains(s))
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<34} {:>24} {:>24} {:>24} {:>24}",
+                figure,
+                cell(&["runc", "floor"]),
+                cell(&["tether"]),
+                cell(&["conmon"]),
+                cell(&["containerd"])
+            );
+            figures.insert(figure.clone(), Value::Object(row));
+        }
+        let m = |f: &str, s: &str| self.median(f, s);
+        // (name, ratio, target, lower is better)
+        let ratios = [
+            (
+                "idle PSS, 1 container: tether/conmon",
+                m("idle_pss_kb", "tether") / m("idle_pss_kb", "conmon"),
+                0.5,
+                true,
+            ),
+            (
+                "idle PSS, 1 container: tether/containerd",
+                m("idle_pss_kb", "tether") / m("idle_pss_kb", "containerd"),
+                0.1,
+                true,
+            ),
+            (
+                "private dirty per container: tether/conmon",
+                m("private_dirty_per_container_kb", "tether") / m("private_dirty_per_container_kb", "conmon"),
+                0.5,
+                true,
+            ),
+            (
+                "private dirty per container: tether/containerd",
+                m("private_dirty_per_container_kb", "tether")
+                    / m("private_dirty_per_container_kb", "containerd"),
+                0.1,
+                true,
+            ),
+            (
+                "start: tether/bare runc",
+                m("start_ms", "tether") / m("start_ms", "runc"),
+                1.05,
+                true,
+            ),
+            (
+                "start: tether/conmon",
+                m("start_ms", "tether") / m("start_ms", "conmon"),
+                1.0,
+                true,
+            ),
+            (
+                "start: tether/containerd",
+                m("start_ms", "tether") / m("start_ms", "containerd"),
+                1.0,
+                true,
+            ),
+            (
+                "exit: tether/conmon",
+                m("exit_ms", "tether") / m("exit_ms", "conmon"),
+                1.0,
+                true,
+            ),
+            (
+                "exit: tether/containerd",
+                m("exit_ms", "tether") / m("exit_ms", "containerd"),
+                1.0,
+                true,
+            ),
+            (
+                "exit: tether median ms (target 0.25)",
+                m("exit_ms", "tether") / 0.25,
+                1.0,
+                true,
+            ),
+            (
+                "exec: tether/bare runc",
+                m("exec_ms", "tether") / m("exec_ms", "runc"),
+                1.05,
+                true,
+            ),
+            (
+                "throughput: tether/floor",
+                m("throughput_mbps", "tether") / m("throughput_mbps", "floor"),
+                0.9,
+                false,
+            ),
+            (
+                "CPU per GB: tether/conmon",
+                m("cpu_s_per_gb", "tether") / m("cpu_s_per_gb", "conmon"),
+                0.25,
+                true,
+            ),
+        ];
+        println!("\n{:<48} {:>8} {:>8}  met", "ratio", "value", "target");
+        let mut rs = Vec::new();
+        for (name, value, target, lower) in ratios {
+            let met = if lower { value <= target } else { value >= target };
+            println!(
+                "{name:<48} {value:>8.3} {}{target:>7.2}  {}",
+                if lower { "<=" } else { ">=" },
+                if met { "yes" } else { "NO" }
+            );
+            rs.push(
+                json!({"name": name, "value": value, "target": target, "lower_is_better": lower, "met": met}),
+            );
+        }
+        let uname = Command::new("uname")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        println!(
+            "\n{} idle containers per system for the per-container figures; took {:.0} s",
+            n_idle,
+            took.as_secs_f64()
+        );
+        json!({
+            "quick": self.quick,
+            "idle_containers": n_idle,
+            "kernel": uname,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "took_s": took.as_secs_f64(),
+            "figures": figures,
+            "ratios": rs,
+        })
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        cleanup_leftovers(&self.work.join("never")); // containers and shims only
+    }
+}
+
+/// Kills `pid` and waits until `done()` says the daemon side holds the status, polling
+/// `fd` (the daemon side's channel). Returns ms from the pidfd's readiness to done.
+fn time_exit(pid: i32, fd: RawFd, mut done: impl FnMut() -> bool) -> f64 {
+    let pidfd = pidfd_open(pid);
+    kill(pid, libc::SIGKILL);
+    let mut died: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no exit seen for pid {pid}");
+        let fds: Vec<RawFd> = if died.is_none() {
+            vec![pidfd.as_raw_fd(), fd]
+        } else {
+            vec![fd]
+        };
+        let r = readable(&fds, 1000);
+        let now = Instant::now();
+        if died.is_none() && r[0] {
+            died = Some(now);
+        }
+        let chan_ready = if fds.len() == 2 { r[1] } else { r[0] };
+        if chan_ready && done() {
+            let t = Instant::now();
+            return ms(t.duration_since(died.unwrap_or(t)));
+        }
+    }
+}
+
+/// Reads a non-blocking FIFO to EOF, counting bytes.
+fn drain(f: fs::File) -> u64 {
+    let fd = f.as_raw_fd();
+    // SAFETY: clearing O_NONBLOCK on our own descriptor.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK,
+        )
+    };
+    drain_blocking(f)
+}
+
+fn drain_blocking(mut r: impl Read) -> u64 {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+struct Inotify {
+    fd: OwnedFd,
+}
+
+impl Inotify {
+    fn watch(dir: &Path) -> Inotify {
+        // SAFETY: inotify_init1 returns a new descriptor.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        assert!(fd >= 0);
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid fd and NUL-terminated path.
+        let w = unsafe {
+            libc::inotify_add_watch(
+                fd,
+                path.as_ptr(),
+                libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE,
+            )
+        };
+        assert!(w >= 0);
+        // SAFETY: fresh descriptor.
+        Inotify {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        }
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into our buffer from a non-blocking fd.
+        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+}
+
+/// A bar per ratio, with its target marked.
+fn svg(report: &Value) -> String {
+    let ratios = report["ratios"].as_array().cloned().unwrap_or_default();
+    let (w, row, left) = (760.0, 26.0, 330.0);
+    let h = 40.0 + row * ratios.len() as f64;
+    let max = ratios
+        .iter()
+        .flat_map(|r| {
+            [
+                r["value"].as_f64().unwrap_or(0.0),
+                r["target"].as_f64().unwrap_or(0.0),
+            ]
+        })
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        .min(4.0);
+    let x = |v: f64| left + (v.min(max) / max) * (w - left - 60.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"18\" font-weight=\"bold\">tether ratios (bar) vs targets (line); green: target met</text>\n"
+    );
+    for (i, r) in ratios.iter().enumerate() {
+        let y = 30.0 + row * i as f64;
+        let v = r["value"].as_f64().unwrap_or(f64::NAN);
+        let t = r["target"].as_f64().unwrap_or(1.0);
+        let color = if r["met"].as_bool().unwrap_or(false) {
+            "#3a3"
+        } else {
+            "#c33"
+        };
+        let name = r["name"]
+            .as_str()
+            .unwrap_or("")
+            .replace('&', "&amp;")
+            .replace('<', "&lt;");
+        let bar = if v.is_finite() { x(v) - left } else { 0.0 };
+        s += &format!(
+            "<text x=\"10\" y=\"{ty}\">{name}</text><rect x=\"{left}\" y=\"{y}\" width=\"{bar:.1}\" height=\"16\" fill=\"{color}\"/>\
+             <line x1=\"{tx:.1}\" y1=\"{y0}\" x2=\"{tx:.1}\" y2=\"{y1}\" stroke=\"#000\" stroke-width=\"2\"/>\
+             <text x=\"{vx:.1}\" y=\"{ty}\">{v:.3}</text>\n",
+            ty = y + 12.0,
+            tx = x(t),
+            y0 = y - 2.0,
+            y1 = y + 18.0,
+            vx = x(v.max(t)) + 6.0,
+        );
+    }
+    s + "</svg>\n"
+}
