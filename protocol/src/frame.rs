@@ -30,6 +30,20 @@ impl LineBuffer {
         }
     }
 
+    /// Reads once from `r` straight into the buffer (no buffer on the caller's
+    /// stack). Ok(0) is end of input.
+    pub fn read_from(&mut self, r: &mut impl std::io::Read) -> std::io::Result<usize> {
+        const CHUNK: usize = 8 << 10;
+        let len = self.buf.len();
+        self.buf.resize(len + CHUNK, 0);
+        let result = r.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+        result
+    }
+
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -79,6 +93,17 @@ mod tests {
         assert_eq!(b.next_line(), Line::Complete(b"{\"a\":1}".to_vec()));
         assert_eq!(b.next_line(), Line::Complete(b"{\"b\":2}".to_vec()));
         assert_eq!(b.next_line(), Line::Incomplete);
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn reads_straight_into_the_buffer() {
+        let mut b = LineBuffer::new(64);
+        let mut input: &[u8] = b"one\ntwo";
+        assert_eq!(b.read_from(&mut input).unwrap(), 7);
+        assert_eq!(b.next_line(), Line::Complete(b"one".to_vec()));
+        assert_eq!(b.next_line(), Line::Incomplete);
+        assert_eq!(b.read_from(&mut input).unwrap(), 0);
         assert!(!b.is_empty());
     }
 

@@ -3,7 +3,7 @@
 
 use mio::net::UnixStream;
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use tether_protocol::frame::{Line, LineBuffer};
 use tether_protocol::MAX_LINE;
 
@@ -54,20 +54,16 @@ impl Conn {
         if self.read_closed {
             return (lines, ReadEnd::Closed);
         }
-        let mut buf = [0u8; 16 << 10];
         loop {
-            match self.stream.read(&mut buf) {
+            match self.input.read_from(&mut self.stream) {
                 Ok(0) => return (lines, ReadEnd::Closed),
-                Ok(n) => {
-                    self.input.extend(&buf[..n]);
-                    loop {
-                        match self.input.next_line() {
-                            Line::Complete(l) => lines.push(l),
-                            Line::Incomplete => break,
-                            Line::TooLong => return (lines, ReadEnd::TooLong),
-                        }
+                Ok(_) => loop {
+                    match self.input.next_line() {
+                        Line::Complete(l) => lines.push(l),
+                        Line::Incomplete => break,
+                        Line::TooLong => return (lines, ReadEnd::TooLong),
                     }
-                }
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (lines, ReadEnd::Open),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return (lines, ReadEnd::Closed),

@@ -13,6 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 /// What the shim was started with; saved as `options.json` for `cleanup` and for
@@ -23,6 +24,36 @@ pub struct LaunchOptions {
     pub bundle: PathBuf,
     pub state_dir: PathBuf,
     pub runtime: Runtime,
+}
+
+/// glibc's per-thread cache keeps freed chunks "in use", so malloc_trim cannot give
+/// them back: off for the shim, whose idle memory is what a node pays per container.
+const MALLOC_TUNABLES: &str = "glibc.malloc.tcache_count=0";
+/// The caller's own GLIBC_TUNABLES, restored for the runtime the shim runs.
+const SAVED_TUNABLES: &str = "TETHER_SAVED_GLIBC_TUNABLES";
+
+/// glibc reads its tunables when a process starts, and the shim is a fork of the
+/// launcher: so the launcher execs itself once more with them set. (Forking rather
+/// than exec'ing the shim keeps it lean: a forked child maps only the file pages it
+/// touches.) Returns only if the tunables are already set or the exec failed.
+pub fn reexec_with_malloc_tunables() {
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.split(':').any(|t| t == MALLOC_TUNABLES) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let tunables = if current.is_empty() {
+        MALLOC_TUNABLES.to_string()
+    } else {
+        format!("{current}:{MALLOC_TUNABLES}")
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", tunables)
+        .env(SAVED_TUNABLES, current)
+        .exec();
+    // Not fatal: the shim runs, with a little more idle memory.
+    eprintln!("tether-shim: re-exec for malloc tunables failed ({err}); going on without");
 }
 
 /// Runs the launcher; returns the process exit code.
@@ -148,6 +179,12 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    // The runtime and everything else the shim runs get the caller's tunables back.
+    match std::env::var(SAVED_TUNABLES) {
+        Ok(saved) if !saved.is_empty() => std::env::set_var("GLIBC_TUNABLES", saved),
+        _ => std::env::remove_var("GLIBC_TUNABLES"),
+    }
+    std::env::remove_var(SAVED_TUNABLES);
     let _ = std::env::set_current_dir(&dir.root);
     let socket = dir.socket();
     let listener = std::os::unix::net::UnixListener::bind(&socket)

@@ -16,6 +16,7 @@ mod core;
 mod events;
 mod launch;
 mod log;
+mod memory;
 mod process;
 mod reaper;
 mod rpc;
@@ -92,7 +93,10 @@ fn main() {
             0
         }
         Some("start") => match start_options(&args[1..]) {
-            Ok(opts) => launch::start(opts),
+            Ok(opts) => {
+                launch::reexec_with_malloc_tunables();
+                launch::start(opts)
+            }
             Err(e) => fail(&e),
         },
         Some("cleanup") => match parse(&args[1..]).and_then(|a| {

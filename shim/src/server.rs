@@ -109,10 +109,7 @@ impl Server {
                 exiting.get_or_insert((Instant::now() + EXIT_FLUSH, remove));
             }
             if allocated && self.front.all_flushed() {
-                // Hand freed heap back to the kernel: an idle shim's resident memory
-                // is a headline figure, and glibc keeps what a burst of work freed.
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe { libc::malloc_trim(0) };
+                crate::memory::give_back();
             }
             if let Some((at, remove)) = exiting {
                 if self.front.all_flushed() || Instant::now() >= at {

@@ -742,6 +742,9 @@ impl Bench {
                     .open(&fifo)
                     .unwrap();
                 let writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                // The same FIFO size tether asks for, so the floor is a fair one.
+                // SAFETY: fcntl on our own descriptor.
+                unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
                 let pidfile = self.work.join(format!("{id}.pid"));
                 let out = self
                     .runc()
@@ -859,7 +862,7 @@ impl Bench {
         let bundle = self.bundle("sleep", &["sleep", "1000"]);
         // tether
         let mut shims = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let id = self.id("m");
             let (mut c, state) = self.tether_launch(&id, &bundle);
             let log = state.with_extension("log");
@@ -871,6 +874,9 @@ impl Bench {
             })
             .unwrap();
             c.start().unwrap();
+            if i == 0 {
+                self.single_figures("tether", Self::tether_pid(&state));
+            }
             shims.push((c, state));
         }
         let pids: Vec<i32> = shims.iter().map(|(_, s)| Self::tether_pid(s)).collect();
@@ -880,10 +886,13 @@ impl Bench {
         }
         // conmon
         let mut mons = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let id = self.id("m");
             let c = self.conmon_create(&id, &bundle);
             self.runc_ok(&["start", &id]);
+            if i == 0 {
+                self.single_figures("conmon", c.conmon_pid);
+            }
             mons.push(c);
         }
         let pids: Vec<i32> = mons.iter().map(|c| c.conmon_pid).collect();
@@ -904,6 +913,10 @@ impl Bench {
                 .output()
                 .unwrap();
             assert!(out.status.success());
+            if ids.is_empty() {
+                let pid = self.ctd.shim_pid(&id);
+                self.single_figures("containerd", pid);
+            }
             ids.push(id);
         }
         let pids: Vec<i32> = ids.iter().map(|id| self.ctd.shim_pid(id)).collect();
@@ -921,11 +934,18 @@ impl Bench {
         }
     }
 
+    /// The first monitor alone: what one container costs when it is the only one.
+    fn single_figures(&mut self, sys: &str, pid: i32) {
+        std::thread::sleep(Duration::from_millis(500)); // idle
+        let (pss, dirty, rss) = smaps(pid);
+        self.record("idle_pss_kb", sys, pss);
+        self.record("idle_private_dirty_kb", sys, dirty);
+        self.record("idle_rss_kb", sys, rss);
+    }
+
+    /// All `pids` idle together: per-container cost at scale.
     fn memory_figures(&mut self, sys: &str, pids: &[i32]) {
         std::thread::sleep(Duration::from_millis(500)); // idle
-        let (pss, _, rss) = smaps(pids[0]);
-        self.record("idle_pss_kb", sys, pss);
-        self.record("idle_rss_kb", sys, rss);
         let all: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
         let n = pids.len() as f64;
         self.record(
@@ -999,6 +1019,12 @@ impl Bench {
                 "idle PSS, 1 container: tether/containerd",
                 m("idle_pss_kb", "tether") / m("idle_pss_kb", "containerd"),
                 0.1,
+                true,
+            ),
+            (
+                "idle private dirty, 1 container: tether/conmon",
+                m("idle_private_dirty_kb", "tether") / m("idle_private_dirty_kb", "conmon"),
+                0.5,
                 true,
             ),
             (
