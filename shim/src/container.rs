@@ -198,6 +198,7 @@ impl Container {
     }
 
     /// Runs one call. `None`: the answer comes later, as an [`Output::Reply`].
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn call(&mut self, ticket: Ticket, call: Call, registry: &Registry) -> Option<CallResult> {
         if self.closing && !matches!(call, Call::Hello | Call::State(_)) {
             return Some(Err(err(ErrorKind::ShuttingDown, "the shim is shutting down")));
@@ -779,6 +780,7 @@ impl Container {
     }
 
     /// Children the reaper collected.
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_child_exits(&mut self, exits: Vec<ChildExit>, registry: &Registry) {
         for exit in exits {
             if let Some(op) = self.ops.remove(&exit.pid) {
@@ -1008,6 +1010,7 @@ impl Container {
     }
 
     /// Readiness of one of the core's fds.
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_ready(&mut self, token: Token, registry: &Registry) {
         if let Some((notifier, _)) = self.oom.as_ref().filter(|(_, t)| *t == token) {
             notifier.drain();
@@ -1036,6 +1039,7 @@ impl Container {
             .min()
     }
 
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_tick(&mut self, registry: &Registry) {
         if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
             self.try_publish(registry);
@@ -1122,17 +1126,31 @@ fn setup_stdio(
             Some(ConsoleSocket::bind(&dir.console_socket(&proc.name), registry, a, b).map_err(stdio_err)?);
         return Ok(io);
     }
+    let mut stdout_file: Option<(String, std::os::fd::OwnedFd)> = None;
     for (stream, spec) in [
         (Stream::Stdin, stdin),
         (Stream::Stdout, stdout),
         (Stream::Stderr, stderr),
     ] {
-        let end = stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name()))
-            .map_err(stdio_err)?;
+        let end = match (&stdout_file, stream) {
+            // One file for both: one descriptor, so one offset, and no overwriting.
+            (Some((path, fd)), Stream::Stderr) if spec.as_deref() == Some(path.as_str()) => HostEnd::Open {
+                fd: fd
+                    .try_clone()
+                    .map_err(|e| stdio_err(format!("dup {path}: {e}")))?,
+                keepalive: None,
+                path: path.clone(),
+            },
+            _ => stdio::open_host_end(stream, spec.as_deref(), &dir.fifo(&proc.name, stream.name()))
+                .map_err(stdio_err)?,
+        };
         set_path(proc, stream, &end);
-        let HostEnd::Open { fd, keepalive, .. } = end else {
+        let HostEnd::Open { fd, keepalive, path } = end else {
             continue;
         };
+        if stream == Stream::Stdout && stdio::is_regular_file(&fd) {
+            stdout_file = Some((path, fd.try_clone().map_err(|e| stdio_err(format!("dup: {e}")))?));
+        }
         let (read, write) = stdio::pipe().map_err(stdio_err)?;
         let (relay, child_end) = match stream {
             Stream::Stdin => (Relay::new(stream, fd, write, None, false), read),

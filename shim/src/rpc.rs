@@ -94,6 +94,7 @@ impl Front {
 
     /// Readiness on a connection: read and serve its lines, write what is queued.
     /// `peer_gone`: the client closed both directions (nothing can reach it any more).
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_ready(&mut self, token: Token, peer_gone: bool, core: &mut Container, registry: &Registry) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -253,6 +254,7 @@ impl Front {
     }
 
     /// Routes the core's outputs; returns Some(remove_state_dir) when the shim must exit.
+    #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn route(&mut self, outputs: Vec<Output>, registry: &Registry) -> Option<bool> {
         let mut exit = None;
         for output in outputs {

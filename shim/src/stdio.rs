@@ -105,12 +105,17 @@ pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Res
             })
         }
         (_, false) => {
-            let file = OpenOptions::new()
-                .append(true)
+            // Not O_APPEND: splice(2) refuses append-mode files. Writing starts at the
+            // end instead (stdout and stderr naming one file share this descriptor,
+            // and so its offset).
+            let mut file = OpenOptions::new()
+                .write(true)
                 .create(true)
+                .truncate(false)
                 .mode(0o640)
                 .open(&path)
                 .map_err(|e| what(&e))?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(|e| what(&e))?;
             Ok(HostEnd::Open {
                 fd: file.into(),
                 keepalive: None,
@@ -140,6 +145,12 @@ fn make_fifo(path: &Path) -> Result<(), Errno> {
         }
         other => other,
     }
+}
+
+pub fn is_regular_file(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_raw_fd())
+        .map(|st| SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG)
+        .unwrap_or(false)
 }
 
 /// A pipe: (read end, write end), both close-on-exec.
@@ -176,8 +187,9 @@ pub struct Relay {
     done: bool,
 }
 
+/// Allocated while it holds bytes only: an idle terminal costs no buffer.
 struct CopyBuffer {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
 }
@@ -247,7 +259,7 @@ impl Relay {
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINVAL) if self.copy.is_none() => {
                     self.copy = Some(CopyBuffer {
-                        buf: vec![0; COPY_BUFFER].into_boxed_slice(),
+                        buf: Vec::new(),
                         start: 0,
                         end: 0,
                     });
@@ -311,8 +323,14 @@ impl CopyBuffer {
     /// Writes what is buffered, else reads more. Ok(0) only at the source's end.
     fn step(&mut self, src: RawFd, dst: RawFd) -> Result<usize, Errno> {
         if self.start == self.end {
+            if self.buf.is_empty() {
+                self.buf = vec![0; COPY_BUFFER];
+            }
             // SAFETY: reading into our own buffer, within its length.
             let n = unsafe { libc::read(src, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n <= 0 {
+                self.buf = Vec::new();
+            }
             if n < 0 {
                 return Err(Errno::last());
             }
@@ -327,6 +345,9 @@ impl CopyBuffer {
             return Err(Errno::last());
         }
         self.start += n as usize;
+        if self.start == self.end {
+            self.buf = Vec::new();
+        }
         // A write of 0 bytes is not an end: report progress of at least one step.
         Ok(n.max(1) as usize)
     }

@@ -463,3 +463,32 @@ fn a_client_that_stops_sending_still_gets_its_late_answers() {
     let v = raw_line(&mut BufReader::new(stream));
     assert_eq!(v["result"]["status"], 5, "{v}");
 }
+
+#[test]
+fn stdout_and_stderr_into_one_file_interleave_without_overwriting() {
+    let work = TempDir::new("tether-onefile");
+    let log = work.path().join("both.log");
+    fs::write(&log, "existing line\n").unwrap();
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
+    let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", script]));
+    let mut c = shim.client();
+    let path = log.display().to_string();
+    c.create(&CreateParams {
+        stdin: Some("/dev/null".into()),
+        stdout: Some(path.clone()),
+        stderr: Some(path),
+        ..Default::default()
+    })
+    .unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait(None).unwrap().status, Some(0));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("existing line\n"), "{text:?}");
+    let mut lines: Vec<&str> = text.lines().skip(1).collect();
+    lines.sort();
+    let mut want: Vec<String> = (1..=5)
+        .flat_map(|i| [format!("err{i}"), format!("out{i}")])
+        .collect();
+    want.sort();
+    assert_eq!(lines, want, "{text:?}");
+}
