@@ -174,6 +174,15 @@ impl Cgroup {
         s
     }
 
+    /// The file that holds the OOM kill count, opened once (see [`read_oom_kills`]).
+    pub fn oom_counter_file(&self) -> Option<fs::File> {
+        let path = match self.v1("memory") {
+            Some(d) => d.join("memory.oom_control"),
+            None => self.v2_for("memory")?.join("memory.events"),
+        };
+        fs::File::open(path).ok()
+    }
+
     /// How many processes the OOM killer has killed in this cgroup.
     pub fn oom_kills(&self) -> Option<u64> {
         if let Some(d) = self.v1("memory") {
@@ -226,6 +235,18 @@ impl Cgroup {
             _control: None,
         })
     }
+}
+
+/// The `oom_kill` count from an open memory.oom_control (v1) or memory.events (v2):
+/// cgroup files are generated afresh by each read from offset 0.
+pub fn read_oom_kills(file: &fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 512];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 /// The OOM watch's fd; drain it after each readiness.

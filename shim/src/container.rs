@@ -96,7 +96,11 @@ impl Outbox {
         match serde_json::to_vec(&record) {
             Ok(json) => {
                 let path = self.dir.exit_record(&process.name);
-                if let Err(e) = state_dir::write_atomic(&path, &json) {
+                let written = match process.exit_file.take() {
+                    Some(prepared) => prepared.commit(&json),
+                    None => state_dir::write_atomic(&path, &json),
+                };
+                if let Err(e) = written {
                     crate::log!("cannot write exit record {}: {e}", path.display());
                 }
             }
@@ -130,6 +134,8 @@ pub struct Container {
     /// Found from init's /proc/PID/cgroup once it exists.
     cgroup: Option<Cgroup>,
     oom: Option<(OomNotifier, Token)>,
+    /// The cgroup file with the OOM kill count, held open: it is read at every exit.
+    oom_counter: Option<fs::File>,
     /// The cgroup's OOM kill count as last published.
     oom_kills_seen: u64,
     /// OOM kills not yet tied to an exit (a SIGKILLed process's record gets one).
@@ -157,6 +163,7 @@ impl Container {
             paused: false,
             cgroup: None,
             oom: None,
+            oom_counter: None,
             oom_kills_seen: 0,
             oom_kills_unclaimed: 0,
             closing: false,
@@ -753,6 +760,7 @@ impl Container {
             Err(e) => return crate::log!("no cgroup for init (stats and OOM watch off): {e}"),
         };
         self.oom_kills_seen = cgroup.oom_kills().unwrap_or(0);
+        self.oom_counter = cgroup.oom_counter_file();
         match cgroup.oom_notifier() {
             Ok(notifier) => {
                 let token = self.tokens.next();
@@ -769,7 +777,11 @@ impl Container {
 
     /// Publishes an `oom` event if the cgroup's OOM kill count rose.
     fn check_oom(&mut self) {
-        let Some(kills) = self.cgroup.as_ref().and_then(Cgroup::oom_kills) else {
+        let kills = match &self.oom_counter {
+            Some(file) => crate::cgroup::read_oom_kills(file),
+            None => self.cgroup.as_ref().and_then(Cgroup::oom_kills),
+        };
+        let Some(kills) = kills else {
             return;
         };
         if kills > self.oom_kills_seen {
@@ -838,8 +850,14 @@ impl Container {
             .trim()
             .parse()
             .map_err(|_| format!("pid file {} holds {:?}, not a pid", path.display(), text.trim()))?;
+        let exit_file = state_dir::PreparedFile::create(&self.dir.exit_record(name))
+            .map_err(|e| {
+                crate::log!("cannot prepare the exit record of {name} (written at exit instead): {e}")
+            })
+            .ok();
         if let Ok(proc) = self.process_mut(Some(name)) {
             proc.pid = Some(pid);
+            proc.exit_file = exit_file;
         }
         if let Some(exit) = self.unclaimed.remove(&pid) {
             self.process_exited(name, &exit, registry);

@@ -4,6 +4,7 @@
 use crate::console::ConsoleSocket;
 use crate::core::Ticket;
 use crate::reaper::ChildExit;
+use crate::state_dir::PreparedFile;
 use crate::stdio::{HostEnd, Relay, Stream};
 use mio::{Registry, Token};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -36,6 +37,8 @@ pub struct Process {
     pub exit_published: bool,
     /// `wait` calls to answer with the exit record.
     pub waiters: Vec<Ticket>,
+    /// Where its exit record goes, prepared once its pid is known.
+    pub exit_file: Option<PreparedFile>,
 }
 
 impl Process {
@@ -57,6 +60,7 @@ impl Process {
             reaped_at: None,
             exit_published: false,
             waiters: Vec::new(),
+            exit_file: None,
         }
     }
 
@@ -151,6 +155,9 @@ impl Process {
         }
         self.relays.clear();
         self.pending_ends.clear();
+        if let Some(file) = self.exit_file.take() {
+            file.discard();
+        }
         if let Some(console) = self.console.take() {
             console.close(registry);
         }
