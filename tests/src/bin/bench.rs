@@ -63,7 +63,8 @@ fn main() {
         work: work.clone(),
     };
     let started = Instant::now();
-    let runs = if quick { 3 } else { 15 };
+    // runc create is bimodal here (about 32 or 65 ms): enough runs for stable medians.
+    let runs = if quick { 3 } else { 25 };
     eprintln!("bench: start latency ({runs} runs each, interleaved)");
     for _ in 0..runs {
         for sys in SYSTEMS {
@@ -534,6 +535,8 @@ impl Bench {
             "tether" => {
                 let t = Instant::now();
                 let (mut c, state) = self.tether_launch(&id, &bundle);
+                // The shim's own share: `tether-shim start` until its socket answers.
+                self.record("launch_ms", "tether", ms(t.elapsed()));
                 c.create(&null_stdio()).unwrap();
                 c.start().unwrap();
                 let d = ms(t.elapsed());
