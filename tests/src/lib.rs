@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tether_protocol::Client;
+use tether_protocol::{Client, CreateParams, Event};
 
 pub use tether_protocol;
 
@@ -362,5 +362,28 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Create params with all three streams on /dev/null.
+pub fn null_stdio() -> CreateParams {
+    CreateParams {
+        stdin: Some("/dev/null".into()),
+        stdout: Some("/dev/null".into()),
+        stderr: Some("/dev/null".into()),
+        ..Default::default()
+    }
+}
+
+/// Events from `c` until one satisfies `stop` (that one included).
+pub fn events_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        let e = c.next_event().expect("event");
+        let done = stop(&e);
+        seen.push(e);
+        if done {
+            return seen;
+        }
     }
 }

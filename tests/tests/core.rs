@@ -13,19 +13,6 @@ use tether_tests::*;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Events from `c` until one satisfies `stop` (inclusive).
-fn events_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
-    let mut seen = Vec::new();
-    loop {
-        let e = c.next_event().expect("event");
-        let done = stop(&e);
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
-}
-
 fn is_exit(e: &Event, process: &str) -> bool {
     matches!(&e.body, EventBody::Exit(r) if r.process == process)
 }
@@ -77,13 +64,7 @@ fn exit_code_is_reported() {
 fn sigkill_gives_137_and_wait_works_before_and_after_exit() {
     let shim = Shim::launch(&BundleSpec::new(&["sleep", "1000"]));
     let mut c = shim.client();
-    c.create(&CreateParams {
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        stdin: Some("/dev/null".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    c.create(&null_stdio()).unwrap();
     c.start().unwrap();
     // A second client waits before the exit.
     let mut waiter = shim.client();
@@ -140,14 +121,7 @@ fn missing_rootfs_is_an_error_naming_it_and_the_shim_still_answers() {
 fn runtime_failure_carries_runcs_own_message() {
     let shim = Shim::launch(&BundleSpec::new(&["/no/such/program"]));
     let mut c = shim.client();
-    let e = c
-        .create(&CreateParams {
-            stdout: Some("/dev/null".into()),
-            stderr: Some("/dev/null".into()),
-            stdin: Some("/dev/null".into()),
-            ..Default::default()
-        })
-        .and_then(|_| c.start().map(|_| ()));
+    let e = c.create(&null_stdio()).and_then(|_| c.start().map(|_| ()));
     let e = e.expect_err("runc must refuse a missing program");
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed));
     let msg = e.to_string();
@@ -244,13 +218,7 @@ fn two_subscribers_see_the_same_events_and_since_replays_exactly() {
     a.subscribe(None).unwrap();
     b.subscribe(None).unwrap();
     let mut c = shim.client();
-    c.create(&CreateParams {
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        stdin: Some("/dev/null".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    c.create(&null_stdio()).unwrap();
     c.start().unwrap();
     let ea = events_until(&mut a, |e| is_exit(e, "init"));
     let eb = events_until(&mut b, |e| is_exit(e, "init"));
@@ -297,13 +265,7 @@ fn delete_leaves_nothing_behind() {
     assert_eq!(sid, shim_pid, "the shim leads its own session");
 
     let mut c = shim.client();
-    c.create(&CreateParams {
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        stdin: Some("/dev/null".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    c.create(&null_stdio()).unwrap();
     let init_pid = c.state().unwrap().pid.unwrap();
     // A running container is not deleted without force.
     c.start().unwrap();
@@ -324,13 +286,7 @@ fn running_container_needs_force_to_delete() {
     let shim = Shim::launch(&BundleSpec::new(&["sleep", "1000"]));
     let mut c = shim.client();
     c.subscribe(None).unwrap();
-    c.create(&CreateParams {
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        stdin: Some("/dev/null".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    c.create(&null_stdio()).unwrap();
     c.start().unwrap();
     let e = c.delete(None, false).unwrap_err();
     assert_eq!(e.rpc_kind(), Some(ErrorKind::WrongState));
@@ -448,13 +404,7 @@ fn a_client_that_stops_sending_still_gets_its_late_answers() {
     // What `echo ... | socat - UNIX-CONNECT:...` does: send, shut down writing, read.
     let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", "sleep 0.3; exit 5"]));
     let mut c = shim.client();
-    c.create(&CreateParams {
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        stdin: Some("/dev/null".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    c.create(&null_stdio()).unwrap();
     c.start().unwrap();
     let mut stream = UnixStream::connect(&shim.socket).unwrap();
     stream.set_read_timeout(Some(T)).unwrap();

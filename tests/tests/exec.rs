@@ -11,15 +11,6 @@ use tether_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn null_stdio() -> CreateParams {
-    CreateParams {
-        stdin: Some("/dev/null".into()),
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        ..Default::default()
-    }
-}
-
 /// A running `sleep` container.
 fn running(spec: BundleSpec) -> (Shim, Client) {
     let shim = Shim::launch(&spec);
@@ -36,18 +27,6 @@ fn exec(c: &mut Client, id: &str, process: serde_json::Value) -> ExecResult {
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("exec {id}: {e}"))
-}
-
-fn events_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
-    let mut seen = Vec::new();
-    loop {
-        let e = c.next_event().expect("event");
-        let done = stop(&e);
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
 }
 
 fn exit_of<'a>(events: &'a [Event], process: &str) -> Option<&'a Event> {

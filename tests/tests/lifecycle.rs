@@ -14,15 +14,6 @@ use tether_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn null_stdio() -> CreateParams {
-    CreateParams {
-        stdin: Some("/dev/null".into()),
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        ..Default::default()
-    }
-}
-
 /// Collects the container's stdout lines as they come.
 fn collect_lines(path: &str) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));

@@ -12,15 +12,6 @@ use tether_tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn null_stdio() -> CreateParams {
-    CreateParams {
-        stdin: Some("/dev/null".into()),
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        ..Default::default()
-    }
-}
-
 fn kill9(pid: u32) {
     // SAFETY: signalling a child we spawned.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_protocol::{Client, CreateParams, ExecParams};
-use tether_tests::{binary, make_rootfs, BundleSpec};
+use tether_tests::{binary, make_rootfs, null_stdio, BundleSpec};
 
 const SYSTEMS: [&str; 4] = ["runc", "tether", "conmon", "containerd"];
 
@@ -50,6 +50,20 @@ fn main() {
     let work = PathBuf::from("/tmp/tether-bench");
     cleanup_leftovers(&work);
     fs::create_dir_all(&work).unwrap();
+    // Everything (runc's root, every monitor's state and logs) on a tmpfs, as /run is
+    // on a production host: file-system journal noise out of the figures.
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4g", "tmpfs"])
+        .arg(&work)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !tmpfs {
+        eprintln!(
+            "bench: could not mount a tmpfs on {}; state stays on disk",
+            work.display()
+        );
+    }
     let rootfs = work.join("rootfs");
     make_rootfs(&rootfs).expect("rootfs");
     let ctd = Containerd::start(&work);
@@ -105,6 +119,20 @@ fn main() {
     cleanup_leftovers(&work);
 }
 
+/// The file system the bench's state lives on (tmpfs unless the mount failed).
+fn state_fs(work: &Path) -> String {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let dir = work.display().to_string();
+    mounts
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[1] == dir).then(|| f[2].to_string())
+        })
+        .unwrap_or_else(|| "disk".into())
+}
+
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var("PATH")
         .ok()?
@@ -133,6 +161,11 @@ fn cleanup_leftovers(work: &Path) {
         .args(["-9", "-f", "containerd-shim-runc-v2 -namespace tbench"])
         .status();
     std::thread::sleep(Duration::from_millis(100));
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(work)
+        .stderr(Stdio::null())
+        .status();
     let _ = fs::remove_dir_all(work);
 }
 
@@ -215,15 +248,6 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn null_stdio() -> CreateParams {
-    CreateParams {
-        stdin: Some("/dev/null".into()),
-        stdout: Some("/dev/null".into()),
-        stderr: Some("/dev/null".into()),
-        ..Default::default()
-    }
-}
-
 /// A private containerd (own root, state and socket) for containerd-shim-runc-v2.
 struct Containerd {
     child: Child,
@@ -259,6 +283,22 @@ impl Containerd {
         let mut c = Command::new("ctr");
         c.arg("-a").arg(&self.sock).args(["-n", "tbench"]);
         c
+    }
+
+    /// `ctr run --detach` of an idle `sleep` container over the shared rootfs.
+    fn run_sleep(&self, rootfs: &Path, id: &str) {
+        let out = self
+            .ctr()
+            .args(["run", "--detach", "--null-io", "--rootfs"])
+            .arg(rootfs)
+            .args([id, "/bin/sleep", "1000"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn remove(&self, id: &str) {
@@ -553,20 +593,8 @@ impl Bench {
             }
             _ => {
                 let t = Instant::now();
-                let out = self
-                    .ctd
-                    .ctr()
-                    .args(["run", "--detach", "--null-io", "--rootfs"])
-                    .arg(&self.rootfs)
-                    .args([&id, "/bin/sleep", "1000"])
-                    .output()
-                    .unwrap();
+                self.ctd.run_sleep(&self.rootfs, &id);
                 let d = ms(t.elapsed());
-                assert!(
-                    out.status.success(),
-                    "ctr run: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
                 self.ctd.remove(&id);
                 d
             }
@@ -616,15 +644,7 @@ impl Bench {
                 d
             }
             _ => {
-                let out = self
-                    .ctd
-                    .ctr()
-                    .args(["run", "--detach", "--null-io", "--rootfs"])
-                    .arg(&self.rootfs)
-                    .args([&id, "/bin/sleep", "1000"])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success());
+                self.ctd.run_sleep(&self.rootfs, &id);
                 let pid = self.ctd.task_pid(&id);
                 let mut events = self
                     .ctd
@@ -670,15 +690,7 @@ impl Bench {
         ]);
         self.runc_ok(&["start", &rid]);
         let cid = self.id("e");
-        let out = self
-            .ctd
-            .ctr()
-            .args(["run", "--detach", "--null-io", "--rootfs"])
-            .arg(&self.rootfs)
-            .args([&cid, "/bin/sleep", "1000"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        self.ctd.run_sleep(&self.rootfs, &cid);
         for i in 0..runs {
             let t = Instant::now();
             let ok = self
@@ -907,15 +919,7 @@ impl Bench {
         let mut ids = Vec::new();
         for _ in 0..n {
             let id = self.id("m");
-            let out = self
-                .ctd
-                .ctr()
-                .args(["run", "--detach", "--null-io", "--rootfs"])
-                .arg(&self.rootfs)
-                .args([&id, "/bin/sleep", "1000"])
-                .output()
-                .unwrap();
-            assert!(out.status.success());
+            self.ctd.run_sleep(&self.rootfs, &id);
             if ids.is_empty() {
                 let pid = self.ctd.shim_pid(&id);
                 self.single_figures("containerd", pid);
@@ -1117,12 +1121,14 @@ impl Bench {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         println!(
-            "\n{} idle containers per system for the per-container figures; took {:.0} s",
+            "\n{} idle containers per system for the per-container figures; state on {}; took {:.0} s",
             n_idle,
+            state_fs(&self.work),
             took.as_secs_f64()
         );
         json!({
             "quick": self.quick,
+            "state_fs": state_fs(&self.work),
             "idle_containers": n_idle,
             "kernel": uname,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
