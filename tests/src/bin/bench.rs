@@ -1078,7 +1078,7 @@ impl Bench {
                 true,
             ),
             (
-                "exit: tether median ms (target 0.25)",
+                "exit: tether median / 0.25 ms",
                 m("exit_ms", "tether") / 0.25,
                 1.0,
                 true,
