@@ -136,11 +136,7 @@ impl Server {
                         crate::log!("refused a client: {why}");
                         continue;
                     }
-                    let token = Token(self.next_conn);
-                    self.next_conn += 1;
-                    if self.next_conn >= FIRST_CORE_TOKEN {
-                        self.next_conn = FIRST_CONN;
-                    }
+                    let token = self.next_conn_token();
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
                         crate::log!("cannot watch a client: {e}");
@@ -155,6 +151,23 @@ impl Server {
                     crate::log!("accept failed: {e}");
                     return;
                 }
+            }
+        }
+    }
+}
+
+impl Server {
+    /// The next free connection token (they wrap after 16M connections; one still in
+    /// use is skipped).
+    fn next_conn_token(&mut self) -> Token {
+        loop {
+            let token = Token(self.next_conn);
+            self.next_conn += 1;
+            if self.next_conn >= FIRST_CORE_TOKEN {
+                self.next_conn = FIRST_CONN;
+            }
+            if !self.front.conns.contains_key(&token) {
+                return token;
             }
         }
     }
