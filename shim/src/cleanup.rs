@@ -55,7 +55,14 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         .status()
         .map_err(|e| format!("cannot run runtime {}: {e}", options.runtime.path))?;
     if !status.success() {
-        let msg = crate::runtime::failure_message("runtime delete", &log, status.code().unwrap_or(-1));
+        let how = match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (_, Some(sig)) => format!("was killed by {}", tether_protocol::signal_name(sig)),
+            (code, None) => format!("exited with status {}", code.unwrap_or(-1)),
+        };
+        let msg = crate::runtime::failure_message("runtime delete", &log, &how);
         // A container the runtime no longer knows is already gone: that is success.
         if !msg.contains("does not exist") && !msg.contains("not exist") {
             return Err(msg);

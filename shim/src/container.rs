@@ -302,7 +302,16 @@ impl Container {
     }
 
     fn create(&mut self, ticket: Ticket, p: CreateParams, registry: &Registry) -> Result<(), RpcError> {
-        if self.init.is_some() || self.op_in_flight(|k| matches!(k, OpKind::Create { .. })) {
+        if self.op_in_flight(|k| matches!(k, OpKind::Create { .. })) {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!(
+                    "container {} is being created: its create is still running",
+                    self.id
+                ),
+            ));
+        }
+        if self.init.is_some() {
             return Err(err(
                 ErrorKind::AlreadyExists,
                 format!("container {} is already created", self.id),
@@ -870,7 +879,7 @@ impl Container {
         let failure = || {
             err(
                 ErrorKind::RuntimeFailed,
-                failure_message(&op.what, &op.log, exit.status),
+                failure_message(&op.what, &op.log, &exit.describe()),
             )
         };
         match op.kind {

@@ -14,6 +14,16 @@ pub struct ChildExit {
     pub signal: Option<i32>,
 }
 
+impl ChildExit {
+    /// "exited with status 1" / "was killed by SIGKILL".
+    pub fn describe(&self) -> String {
+        match self.signal {
+            Some(sig) => format!("was killed by {}", tether_protocol::signal_name(sig)),
+            None => format!("exited with status {}", self.status),
+        }
+    }
+}
+
 /// Reaps every child that has ended.
 pub fn reap_all() -> Vec<ChildExit> {
     let mut exits = Vec::new();

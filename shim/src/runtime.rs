@@ -77,7 +77,9 @@ impl Runtime {
 
 /// The runtime's own account of why it failed: the last error in its JSON log, or
 /// the last line of a non-JSON log, else a description of the exit.
-pub fn failure_message(what: &str, log: &Path, status: i32) -> String {
+/// `how` says how the runtime ended ("exited with status 1", "was killed by SIGKILL"),
+/// for when it logged nothing.
+pub fn failure_message(what: &str, log: &Path, how: &str) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let mut last_error = None;
     let mut last_line = None;
@@ -97,7 +99,7 @@ pub fn failure_message(what: &str, log: &Path, status: i32) -> String {
     match last_error.or(last_line) {
         Some(msg) if msg.starts_with(what) => msg,
         Some(msg) => format!("{what} failed: {msg}"),
-        None => format!("{what} failed: exited with status {status} and logged nothing"),
+        None => format!("{what} failed: it {how} and logged nothing"),
     }
 }
 
@@ -131,13 +133,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            failure_message("runc create", &log, 1),
+            failure_message("runc create", &log, "exited with status 1"),
             "runc create failed: rootfs /x does not exist"
         );
         fs::write(&log, "").unwrap();
         assert_eq!(
-            failure_message("runc start", &log, 1),
-            "runc start failed: exited with status 1 and logged nothing"
+            failure_message("runc start", &log, "was killed by SIGKILL"),
+            "runc start failed: it was killed by SIGKILL and logged nothing"
         );
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -387,3 +387,14 @@ pub fn events_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Vec
         }
     }
 }
+
+/// A fault-injection runtime from tests/fault-runtimes, copied into `work` (its
+/// side files, `NAME.pid` or `NAME.argv`, land beside the copy).
+pub fn fault_runtime(name: &str, work: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fault-runtimes")
+        .join(name);
+    let dst = work.join(name);
+    fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    dst
+}

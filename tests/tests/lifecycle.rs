@@ -162,13 +162,11 @@ fn oom_is_published_before_the_exit_it_caused() {
     assert!(s.memory.oom_kills.unwrap_or(0) >= 1);
 }
 
-/// The fault-injection runtime, copied beside the test's files; its argv log.
+/// The argv-recording fault-injection runtime and its argv log.
 fn argv_recording_runtime(work: &Path) -> (PathBuf, PathBuf) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fault-runtimes/argv-recording-runtime");
-    let dst = work.join("argv-recording-runtime");
-    std::fs::copy(src, &dst).unwrap();
+    let runtime = fault_runtime("argv-recording-runtime", work);
     let log = work.join("argv-recording-runtime.argv");
-    (dst, log)
+    (runtime, log)
 }
 
 fn recorded(log: &Path, sub: &str) -> Vec<String> {
