@@ -27,14 +27,20 @@ impl Default for Front {
     }
 }
 
-fn line(value: &Value) -> Vec<u8> {
-    let mut bytes = value.to_string().into_bytes();
-    bytes.push(b'\n');
-    bytes
+/// `{"jsonrpc":"2.0","id":ID,"result"|"error":BODY}`, written out by hand so a person
+/// reading socat sees the envelope first and the body's fields in their documented
+/// order (a serde_json map would sort them).
+fn answer_line<T: serde::Serialize>(id: &Value, member: &str, body: &T) -> Vec<u8> {
+    let body = serde_json::to_string(body).unwrap_or_else(|e| {
+        // Serializing our own plain types does not fail; say so if it ever does.
+        json!({"code": ErrorKind::Internal.code(), "message": e.to_string(), "data": {"kind": "internal"}})
+            .to_string()
+    });
+    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"{member}\":{body}}}\n").into_bytes()
 }
 
 fn error_line(id: &Value, e: &RpcError) -> Vec<u8> {
-    line(&json!({"jsonrpc": "2.0", "id": id, "error": e}))
+    answer_line(id, "error", e)
 }
 
 /// Params as `T`; absent or null params are `{}`.
@@ -83,6 +89,11 @@ const METHODS: &[&str] = &[
     "close_stdin",
     "resize",
     "delete",
+    "pause",
+    "resume",
+    "stats",
+    "update",
+    "checkpoint",
     "subscribe",
     "shutdown",
 ];
@@ -192,10 +203,7 @@ impl Front {
     fn send_result(&mut self, token: Token, id: Option<Value>, result: CallResult, registry: &Registry) {
         let Some(id) = id else { return };
         let bytes = match result {
-            Ok(answer) => match serde_json::to_value(&answer) {
-                Ok(v) => line(&json!({"jsonrpc": "2.0", "id": id, "result": v})),
-                Err(e) => error_line(&id, &err(ErrorKind::Internal, e.to_string())),
-            },
+            Ok(answer) => answer_line(&id, "result", &answer),
             Err(e) => error_line(&id, &e),
         };
         self.send(token, bytes, registry);
@@ -239,11 +247,7 @@ impl Front {
                 replay_to: log.last_seq(),
                 replayed: replay.len() as u64,
             };
-            self.send(
-                token,
-                line(&json!({"jsonrpc": "2.0", "id": id, "result": result})),
-                registry,
-            );
+            self.send(token, answer_line(&id, "result", &result), registry);
         }
         for event in replay {
             self.send(token, event_line(&event), registry);
@@ -352,6 +356,17 @@ mod tests {
         assert!(split_request(json!({"id": 1, "method": 3})).is_err());
         assert!(split_request(json!({"id": 1, "method": "x", "jsonrpc": "1.0"})).is_err());
         assert!(split_request(json!({"id": 1, "method": "x", "params": [1]})).is_err());
+    }
+
+    #[test]
+    fn every_listed_method_is_served() {
+        for m in METHODS.iter().filter(|m| **m != "subscribe") {
+            let e = parse_call(m, json!({})).err();
+            assert!(
+                e.is_none_or(|e| e.kind() != ErrorKind::MethodNotFound),
+                "{m} is listed but not served"
+            );
+        }
     }
 
     #[test]
