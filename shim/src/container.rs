@@ -371,8 +371,11 @@ impl Container {
         let bad = |m: String| err(ErrorKind::InvalidBundle, m);
         let text =
             fs::read_to_string(&config).map_err(|e| bad(format!("cannot read {}: {e}", config.display())))?;
-        let spec: crate::spec::Config = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("{} is not a valid OCI spec: {e}", config.display())))?;
+        let invalid =
+            |e: serde_json::Error| bad(format!("{} is not a valid OCI spec: {e}", config.display()));
+        // Parsed once: the typed view checks it, the raw one is kept for execs.
+        let raw: Value = serde_json::from_str(&text).map_err(invalid)?;
+        let spec = <crate::spec::Config as serde::Deserialize>::deserialize(&raw).map_err(invalid)?;
         let root = spec
             .root
             .as_ref()
@@ -385,7 +388,6 @@ impl Container {
                 config.display()
             )));
         }
-        let raw: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         self.base_process = raw.get("process").cloned().unwrap_or(Value::Null);
         Ok(spec.process.is_some_and(|p| p.terminal))
     }
