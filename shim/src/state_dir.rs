@@ -139,17 +139,7 @@ impl PreparedFile {
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never
 /// a part: write a temp file beside it, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-    }
-    fs::rename(&tmp, path)
+    PreparedFile::create(path)?.commit(bytes)
 }
 
 #[cfg(test)]

@@ -418,6 +418,14 @@ impl Bench {
         }
     }
 
+    /// Bare `runc create` + `runc start` with null stdio: the floor for start latency.
+    fn runc_run(&self, id: &str, bundle: &Path) {
+        let pidfile = self.work.join(format!("{id}.pid"));
+        let (bundle, pidfile) = (bundle.to_str().unwrap(), pidfile.to_str().unwrap());
+        self.runc_ok(&["create", "--bundle", bundle, "--pid-file", pidfile, id]);
+        self.runc_ok(&["start", id]);
+    }
+
     fn runc_delete(&self, id: &str) {
         let _ = self.runc().args(["delete", "--force", id]).output();
     }
@@ -557,17 +565,8 @@ impl Bench {
         let id = self.id("s");
         match sys {
             "runc" => {
-                let pidfile = self.work.join(format!("{id}.pid"));
                 let t = Instant::now();
-                self.runc_ok(&[
-                    "create",
-                    "--bundle",
-                    bundle.to_str().unwrap(),
-                    "--pid-file",
-                    pidfile.to_str().unwrap(),
-                    &id,
-                ]);
-                self.runc_ok(&["start", &id]);
+                self.runc_run(&id, &bundle);
                 let d = ms(t.elapsed());
                 self.runc_delete(&id);
                 d
@@ -679,16 +678,7 @@ impl Bench {
         c.create(&null_stdio()).unwrap();
         c.start().unwrap();
         let rid = self.id("e");
-        let pidfile = self.work.join(format!("{rid}.pid"));
-        self.runc_ok(&[
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            pidfile.to_str().unwrap(),
-            &rid,
-        ]);
-        self.runc_ok(&["start", &rid]);
+        self.runc_run(&rid, &bundle);
         let cid = self.id("e");
         self.ctd.run_sleep(&self.rootfs, &cid);
         for i in 0..runs {
