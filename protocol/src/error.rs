@@ -31,6 +31,8 @@ pub enum ErrorKind {
     EventsCompacted,
     /// The shim is shutting down.
     ShuttingDown,
+    /// A per-connection bound was reached (calls waiting for an answer).
+    LimitExceeded,
     /// Something inside the shim failed (I/O on its state dir...).
     Internal,
 }
@@ -53,6 +55,7 @@ impl ErrorKind {
             ErrorKind::StdioFailed => -32006,
             ErrorKind::EventsCompacted => -32007,
             ErrorKind::ShuttingDown => -32008,
+            ErrorKind::LimitExceeded => -32009,
         }
     }
 
@@ -70,6 +73,7 @@ impl ErrorKind {
             ErrorKind::StdioFailed => "stdio_failed",
             ErrorKind::EventsCompacted => "events_compacted",
             ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::Internal => "internal",
         }
     }

@@ -44,9 +44,12 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
     if let Some(pid) = init_pid.filter(|p| pid_alive(*p)) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    let log = dir.runtime_log("cleanup-delete");
-    let args = vec!["delete".to_string(), "--force".to_string(), options.id.clone()];
-    let argv = options.runtime.argv(&log, &args);
+    let log = dir.scratch(0, "cleanup-delete", "log");
+    let argv = options.runtime.argv(
+        &log,
+        &crate::runtime::RuntimeCall::Delete { force: true },
+        &options.id,
+    );
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())

@@ -15,9 +15,17 @@ const KEEP_EVENTS: u64 = 1024;
 /// ...once the file holds this many.
 const COMPACT_AT: u64 = 4 * KEEP_EVENTS;
 
-/// An event with its JSON, serialized once for the file and every subscriber.
-pub struct Published {
+/// An event as the log holds it: its seq and its JSON line (the same JSON every
+/// front that speaks JSON sends). [`Stored::event`] gives the typed event.
+pub struct Stored {
+    pub seq: u64,
     pub json: String,
+}
+
+impl Stored {
+    pub fn event(&self) -> Option<Event> {
+        serde_json::from_str(&self.json).ok()
+    }
 }
 
 pub struct EventLog {
@@ -63,7 +71,7 @@ impl EventLog {
 
     /// Gives `body` the next seq and appends it to the file. A failed write is logged
     /// and the event still goes out: the live subscribers must not miss it.
-    pub fn append(&mut self, body: EventBody) -> Rc<Published> {
+    pub fn append(&mut self, body: EventBody) -> Rc<Event> {
         let event = Event {
             seq: self.last_seq + 1,
             ts: tether_protocol::time::now(),
@@ -87,18 +95,18 @@ impl EventLog {
                 crate::log!("event log compaction failed (the log keeps growing): {e}");
             }
         }
-        Rc::new(Published { json })
+        Rc::new(event)
     }
 
     /// Rewrites the file with only its newest KEEP_EVENTS events.
     fn compact(&mut self) -> io::Result<()> {
         let keep_from = self.last_seq + 1 - KEEP_EVENTS;
-        let kept = self.read_lines_after(keep_from - 1)?;
+        let kept = self.read_after(keep_from - 1)?;
         let tmp = self.path.with_extension("jsonl.tmp");
         {
             let mut out = io::BufWriter::new(File::create(&tmp)?);
-            for line in &kept {
-                out.write_all(line.as_bytes())?;
+            for stored in &kept {
+                out.write_all(stored.json.as_bytes())?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
@@ -109,8 +117,8 @@ impl EventLog {
         Ok(())
     }
 
-    /// The JSON of every event with seq > since, in order.
-    pub fn replay(&self, since: u64) -> Result<Vec<String>, ReplayError> {
+    /// Every event with seq > since, in order.
+    pub fn replay(&self, since: u64) -> Result<Vec<Stored>, ReplayError> {
         if since >= self.last_seq {
             return Ok(Vec::new());
         }
@@ -120,10 +128,10 @@ impl EventLog {
                 first_seq: self.first_seq,
             });
         }
-        self.read_lines_after(since).map_err(ReplayError::Io)
+        self.read_after(since).map_err(ReplayError::Io)
     }
 
-    fn read_lines_after(&self, since: u64) -> io::Result<Vec<String>> {
+    fn read_after(&self, since: u64) -> io::Result<Vec<Stored>> {
         #[derive(serde::Deserialize)]
         struct SeqOnly {
             seq: u64,
@@ -132,7 +140,10 @@ impl EventLog {
         for line in BufReader::new(File::open(&self.path)?).lines() {
             let line = line?;
             match serde_json::from_str::<SeqOnly>(&line) {
-                Ok(s) if s.seq > since => lines.push(line),
+                Ok(s) if s.seq > since => lines.push(Stored {
+                    seq: s.seq,
+                    json: line,
+                }),
                 Ok(_) => {}
                 Err(e) => crate::log!("skipping a bad line in the event log: {e}"),
             }
@@ -158,14 +169,9 @@ mod tests {
         let (dir, mut log) = temp_log("replay");
         for pid in 1..=5 {
             let p = log.append(EventBody::Created { pid });
-            assert_eq!(serde_json::from_str::<Event>(&p.json).unwrap().seq, pid as u64);
+            assert_eq!(p.seq, pid as u64);
         }
-        let after2: Vec<u64> = log
-            .replay(2)
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str::<Event>(l).unwrap().seq)
-            .collect();
+        let after2: Vec<u64> = log.replay(2).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(after2, vec![3, 4, 5]);
         assert!(log.replay(5).unwrap().is_empty());
         fs::remove_dir_all(dir).unwrap();
@@ -196,7 +202,7 @@ mod tests {
             .replay(log.last_seq() - 3)
             .unwrap()
             .iter()
-            .map(|l| serde_json::from_str::<Event>(l).unwrap().seq)
+            .map(|e| e.seq)
             .collect();
         let last = log.last_seq();
         assert_eq!(seqs, vec![last - 2, last - 1, last]);

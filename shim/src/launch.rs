@@ -4,9 +4,10 @@
 //! The launcher prints the socket path and exits 0, or prints the shim's error and
 //! exits 1. The shim never dies with its launcher: no pdeathsig, its own session.
 
-use crate::container::Container;
+use crate::core::Core;
+use crate::fronts::jsonrpc::JsonRpc;
+use crate::reactor::Reactor;
 use crate::runtime::Runtime;
-use crate::server::Server;
 use crate::state_dir::{self, StateDir};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
@@ -70,8 +71,8 @@ pub fn start(opts: LaunchOptions) -> i32 {
             return 1;
         }
     };
-    // SAFETY: the launcher is single-threaded here, so the child may run Rust code.
-    match unsafe { nix::unistd::fork() } {
+    // The launcher is single-threaded here, so the child may run Rust code.
+    match crate::sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("tether-shim: fork: {e}");
             1
@@ -149,16 +150,13 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
     }
 }
 
-fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server, String> {
+/// Boxed, and not inlined: the idle loop runs below this frame for the shim's whole
+/// life, so nothing of the set-up may stay in it (every stack page is resident).
+#[inline(never)]
+fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Box<Reactor>, String> {
     close_inherited_fds(keep);
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "PR_SET_CHILD_SUBREAPER: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let log = OpenOptions::new()
         .create(true)
@@ -174,10 +172,8 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server
         nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2: {e}"))?;
     }
     crate::log::to_file(log);
-    // SAFETY: installing SIG_IGN dispositions; no handler code runs.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    for signal in [nix::sys::signal::SIGPIPE, nix::sys::signal::SIGHUP] {
+        crate::sys::ignore_signal(signal).map_err(|e| format!("ignoring {signal}: {e}"))?;
     }
     // The runtime and everything else the shim runs get the caller's tunables back.
     match std::env::var(SAVED_TUNABLES) {
@@ -193,17 +189,20 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Server
         .map_err(|e| format!("chmod socket: {e}"))?;
     let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;
     state_dir::write_atomic(&dir.options(), &options).map_err(|e| format!("cannot write options: {e}"))?;
-    let core = Container::new(
+    let core = Core::new(
         opts.id.clone(),
         opts.bundle.clone(),
         opts.runtime.clone(),
         dir.clone(),
     )
     .map_err(|e| format!("cannot set up {}: {e}", dir.root.display()))?;
-    let server = Server::new(listener, core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
+    let mut server = Reactor::new(core, dir.clone()).map_err(|e| format!("event loop: {e}"))?;
+    server
+        .add_front(|owner, io| JsonRpc::new(listener, owner, io))
+        .map_err(|e| format!("cannot serve {}: {e}", socket.display()))?;
     state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
         .map_err(|e| format!("cannot write pid file: {e}"))?;
-    Ok(server)
+    Ok(Box::new(server))
 }
 
 /// Closes every fd above stderr the launcher inherited (but `keep`): the shim must hold
@@ -217,8 +216,8 @@ fn close_inherited_fds(keep: i32) {
         Err(_) => return,
     };
     for fd in fds {
-        // SAFETY: nothing in this fresh child owns these descriptors (the read_dir
-        // handle above is already closed; closing it twice would only fail).
-        unsafe { libc::close(fd) };
+        // Nothing in this fresh child owns these descriptors (the read_dir handle
+        // above is already closed; closing it twice would only fail).
+        let _ = nix::unistd::close(fd);
     }
 }

@@ -7,29 +7,11 @@
 //! tether-shim --version
 //! ```
 
-mod cgroup;
-mod cleanup;
-mod conn;
-mod console;
-mod container;
-mod core;
-mod events;
-mod launch;
-mod log;
-mod memory;
-mod process;
-mod reaper;
-mod rpc;
-mod runtime;
-mod server;
-mod spec;
-mod state_dir;
-mod stdio;
-
-use launch::LaunchOptions;
-use runtime::Runtime;
-use state_dir::StateDir;
 use std::path::PathBuf;
+use tether_shim::cleanup;
+use tether_shim::launch::{self, LaunchOptions};
+use tether_shim::runtime::Runtime;
+use tether_shim::state_dir::{self, StateDir};
 
 const USAGE: &str = "usage:
   tether-shim start --id ID --bundle DIR [--runtime PATH] [--state-dir DIR | --state-root DIR]

@@ -14,8 +14,7 @@ const PAGE: usize = 4096;
 /// Returns freed heap and unused stack pages to the kernel. Called when the loop has
 /// just finished work that allocates (requests, runtime calls ending).
 pub fn give_back() {
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    crate::sys::malloc_trim();
     trim_stack();
 }
 
@@ -29,9 +28,9 @@ fn trim_stack() {
     let Some(low) = stack_low() else { return };
     let high = here.saturating_sub(STACK_MARGIN) & !(PAGE - 1);
     if high > low {
-        // SAFETY: [low, high) lies in this thread's stack mapping, entirely below the
-        // live frames (the margin covers this function and anything it calls).
-        unsafe { libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED) };
+        // [low, high) lies in this thread's stack mapping, entirely below the live
+        // frames (the margin covers this function and anything it calls).
+        crate::sys::discard_dead_stack(low, high);
     }
 }
 

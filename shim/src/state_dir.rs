@@ -63,10 +63,6 @@ impl StateDir {
     pub fn pid_file(&self, process: &str) -> PathBuf {
         self.root.join(format!("{}.pid", file_stem(process)))
     }
-    /// The OCI process spec given to `runc exec --process`.
-    pub fn exec_spec(&self, exec_id: &str) -> PathBuf {
-        self.root.join(format!("exec-{exec_id}.json"))
-    }
     pub fn exits_dir(&self) -> PathBuf {
         self.root.join("exits")
     }
@@ -81,12 +77,10 @@ impl StateDir {
     pub fn console_socket(&self, process: &str) -> PathBuf {
         self.root.join(format!("{}-console.sock", file_stem(process)))
     }
-    /// runc's `--log` for one invocation.
-    pub fn runtime_log(&self, op: &str) -> PathBuf {
-        self.root.join(format!("runtime-{op}.log"))
-    }
-    pub fn runtime_stdout(&self, op: &str) -> PathBuf {
-        self.root.join(format!("runtime-{op}.out"))
+    /// A file of one runtime invocation alone (`rt-7-create.log`, `rt-9-ps.out`,
+    /// `rt-12-exec.json`): its log, input or output, removed when it ends.
+    pub fn scratch(&self, n: u64, sub: &str, ext: &str) -> PathBuf {
+        self.root.join(format!("rt-{n}-{sub}.{ext}"))
     }
 }
 

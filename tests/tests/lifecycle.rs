@@ -132,6 +132,60 @@ fn stats_show_usage_and_update_changes_the_limit() {
 }
 
 #[test]
+fn concurrent_pids_and_updates_each_get_their_own_answer() {
+    let shim = Shim::launch(&BundleSpec::new(&["sleep", "1000"]));
+    let mut c = shim.client();
+    c.create(&null_stdio()).unwrap();
+    let init_pid = c.start().unwrap().pid;
+    // Two clients with 50 `pids` each and a third with 50 `update`s, pipelined, all
+    // in flight at once.
+    let threads: Vec<_> = (0..3)
+        .map(|k| {
+            let socket = shim.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).unwrap();
+                c.set_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut bytes = Vec::new();
+                for i in 0..50 {
+                    let line = if k < 2 {
+                        json!({"id": i, "method": "pids"})
+                    } else {
+                        json!({"id": i, "method": "update", "params": {"resources": {"pids": {"limit": 100 + i}}}})
+                    };
+                    bytes.extend_from_slice(format!("{line}\n").as_bytes());
+                }
+                c.send_raw(&bytes).unwrap();
+                (0..50).map(|_| c.read_raw_line().unwrap().unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<serde_json::Value>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for answer in answers[0].iter().chain(&answers[1]) {
+        let pids = answer["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("pids answer: {answer}"));
+        assert!(
+            pids.iter()
+                .any(|p| p["pid"] == init_pid && p["process"] == "init"),
+            "{answer}"
+        );
+    }
+    for answer in &answers[2] {
+        assert_eq!(answer["result"], json!({}), "update answer: {answer}");
+    }
+    let s: Stats = c.call("stats", &json!({})).unwrap();
+    let limit = s.pids.limit.unwrap();
+    assert!((100..150).contains(&limit), "{s:?}");
+    // Each call's scratch files are gone once it has answered.
+    let left: Vec<String> = std::fs::read_dir(&shim.state_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("rt-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn oom_is_published_before_the_exit_it_caused() {
     let shim = Shim::launch(&BundleSpec::new(&["tail", "/dev/zero"]).memory_limit(32 << 20));
     let mut c = shim.client();

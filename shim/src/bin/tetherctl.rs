@@ -362,13 +362,15 @@ fn drain_fifo(path: Option<String>, to_stderr: bool) -> Option<std::thread::Join
             return;
         };
         // Back to blocking reads: the shim is the writer, EOF comes when it closes.
-        unsafe {
+        {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
             let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-            libc::fcntl(
-                fd,
-                libc::F_SETFL,
-                libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK,
-            );
+            if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+                let _ = fcntl(
+                    fd,
+                    FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK),
+                );
+            }
         }
         let mut buf = [0u8; 32 << 10];
         loop {
@@ -487,54 +489,50 @@ fn exec(g: &Global, a: &[String]) -> Result<i32, String> {
 }
 
 /// The terminal in raw mode while a `-t` exec runs; restored on drop.
-struct RawMode(libc::termios);
+struct RawMode(nix::sys::termios::Termios);
 
 impl RawMode {
     fn enter() -> Option<RawMode> {
-        // SAFETY: tcgetattr/tcsetattr on our own stdin with a termios we own.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            Some(RawMode(saved))
-        }
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        Some(RawMode(saved))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restoring the termios saved by enter().
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.0);
-        }
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
     }
 }
 
-fn window_size() -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ fills a winsize we own.
-    unsafe {
-        let mut w: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(1, libc::TIOCGWINSZ, &mut w) == 0).then_some((w.ws_row, w.ws_col))
+/// TIOCGWINSZ, the one call nix has no safe wrapper for.
+mod tty {
+    #![allow(unsafe_code)]
+    pub fn window_size() -> Option<(u16, u16)> {
+        let mut w = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ fills one winsize struct, which lives on our stack.
+        (unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut w) } == 0).then_some((w.ws_row, w.ws_col))
     }
 }
+use tty::window_size;
 
 /// Forwards SIGWINCH as `resize` calls.
 fn watch_window_size(socket: PathBuf, process: String) {
-    static CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    extern "C" fn on_winch(_: libc::c_int) {
-        CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t);
-    }
+    let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGWINCH, changed.clone());
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if changed.swap(false, std::sync::atomic::Ordering::Relaxed) {
             if let (Some((rows, cols)), Ok(mut c)) = (window_size(), Client::connect(&socket)) {
                 let _ = c.call_value("resize", json!({"process": process, "rows": rows, "cols": cols}));
             }

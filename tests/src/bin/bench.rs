@@ -2,7 +2,9 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--out DIR]` (scripts/bench installs the peers and builds first).
+//! `bench [--quick] [--out DIR] [--baseline TETHER_SHIM]` (scripts/bench installs the
+//! peers and builds first). `--baseline` adds another tether-shim binary (an earlier
+//! build) as system `base`, measured in the same run, with tether/base ratios.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -22,6 +24,8 @@ const SYSTEMS: [&str; 4] = ["runc", "tether", "conmon", "containerd"];
 
 struct Bench {
     work: PathBuf,
+    /// `--baseline`: another tether-shim build, measured as system "base".
+    baseline: Option<PathBuf>,
     runc_root: PathBuf,
     rootfs: PathBuf,
     quick: bool,
@@ -40,6 +44,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("bench-results"));
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .map(|p| fs::canonicalize(p).expect("--baseline: no such tether-shim"));
     tether_tests::require_root_and_runc();
     for tool in ["conmon", "containerd", "ctr", "containerd-shim-runc-v2"] {
         assert!(
@@ -68,6 +77,7 @@ fn main() {
     make_rootfs(&rootfs).expect("rootfs");
     let ctd = Containerd::start(&work);
     let mut b = Bench {
+        baseline,
         runc_root: work.join("runc"),
         rootfs,
         quick,
@@ -81,14 +91,14 @@ fn main() {
     let runs = if quick { 3 } else { 25 };
     eprintln!("bench: start latency ({runs} runs each, interleaved)");
     for _ in 0..runs {
-        for sys in SYSTEMS {
+        for sys in b.with_base(&SYSTEMS) {
             let ms = b.start_latency(sys);
             b.record("start_ms", sys, ms);
         }
     }
     eprintln!("bench: exit latency");
     for _ in 0..runs {
-        for sys in ["tether", "conmon", "containerd"] {
+        for sys in b.with_base(&["tether", "conmon", "containerd"]) {
             let ms = b.exit_latency(sys);
             b.record("exit_ms", sys, ms);
         }
@@ -98,7 +108,7 @@ fn main() {
     eprintln!("bench: output throughput");
     let mb = if quick { 128 } else { 1024 };
     for _ in 0..(if quick { 1 } else { 2 }) {
-        for sys in ["floor", "tether", "conmon", "containerd"] {
+        for sys in b.with_base(&["floor", "tether", "conmon", "containerd"]) {
             let (mbps, cpu) = b.throughput(sys, mb);
             b.record("throughput_mbps", sys, mbps);
             b.record("cpu_s_per_gb", sys, cpu);
@@ -370,6 +380,26 @@ struct Conmon {
 }
 
 impl Bench {
+    /// `systems`, with "base" after "tether" when a baseline is given.
+    fn with_base(&self, systems: &[&'static str]) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for s in systems {
+            v.push(*s);
+            if *s == "tether" && self.baseline.is_some() {
+                v.push("base");
+            }
+        }
+        v
+    }
+
+    /// The tether-shim binary of "tether" or "base".
+    fn shim_bin(&self, sys: &str) -> PathBuf {
+        match (sys, &self.baseline) {
+            ("base", Some(b)) => b.clone(),
+            _ => binary("tether-shim"),
+        }
+    }
+
     fn id(&mut self, prefix: &str) -> String {
         self.seq += 1;
         format!("{prefix}{}", self.seq)
@@ -430,10 +460,10 @@ impl Bench {
         let _ = self.runc().args(["delete", "--force", id]).output();
     }
 
-    /// `tether-shim start` + connect; returns (client, state dir).
-    fn tether_launch(&mut self, id: &str, bundle: &Path) -> (Client, PathBuf) {
+    /// `tether-shim start` of system `sys` ("tether" or "base") + connect.
+    fn launch_shim(&mut self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
         let state = self.work.join("tether").join(id);
-        let out = Command::new(binary("tether-shim"))
+        let out = Command::new(self.shim_bin(sys))
             .args(["start", "--id", id, "--bundle"])
             .arg(bundle)
             .arg("--state-dir")
@@ -571,11 +601,11 @@ impl Bench {
                 self.runc_delete(&id);
                 d
             }
-            "tether" => {
+            "tether" | "base" => {
                 let t = Instant::now();
-                let (mut c, state) = self.tether_launch(&id, &bundle);
+                let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 // The shim's own share: `tether-shim start` until its socket answers.
-                self.record("launch_ms", "tether", ms(t.elapsed()));
+                self.record("launch_ms", sys, ms(t.elapsed()));
                 c.create(&null_stdio()).unwrap();
                 c.start().unwrap();
                 let d = ms(t.elapsed());
@@ -606,8 +636,8 @@ impl Bench {
         let bundle = self.bundle("sleep", &["sleep", "1000"]);
         let id = self.id("x");
         match sys {
-            "tether" => {
-                let (mut c, state) = self.tether_launch(&id, &bundle);
+            "tether" | "base" => {
+                let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 c.create(&null_stdio()).unwrap();
                 let pid = c.start().unwrap().pid;
                 let mut s = UnixStream::connect(state.join("shim.sock")).unwrap();
@@ -673,10 +703,14 @@ impl Bench {
 
     fn exec_latency(&mut self, runs: usize) {
         let bundle = self.bundle("sleep", &["sleep", "1000"]);
-        let tid = self.id("e");
-        let (mut c, state) = self.tether_launch(&tid, &bundle);
-        c.create(&null_stdio()).unwrap();
-        c.start().unwrap();
+        let mut shims = Vec::new();
+        for sys in self.with_base(&["tether"]) {
+            let tid = self.id("e");
+            let (mut c, state) = self.launch_shim(sys, &tid, &bundle);
+            c.create(&null_stdio()).unwrap();
+            c.start().unwrap();
+            shims.push((sys, c, state));
+        }
         let rid = self.id("e");
         self.runc_run(&rid, &bundle);
         let cid = self.id("e");
@@ -701,13 +735,20 @@ impl Bench {
                 stdout: Some("/dev/null".into()),
                 stderr: Some("/dev/null".into()),
             };
-            let t = Instant::now();
-            c.exec(&p).unwrap();
-            let status = c.wait(Some(&eid)).unwrap().status;
-            let d = ms(t.elapsed());
-            assert_eq!(status, Some(0));
-            self.record("exec_ms", "tether", d);
-            let _ = c.delete(Some(&eid), false);
+            for (sys, c, _) in &mut shims {
+                let t = Instant::now();
+                c.exec(&p).unwrap();
+                let status = c.wait(Some(&eid)).unwrap().status;
+                let d = ms(t.elapsed());
+                assert_eq!(status, Some(0));
+                self.samples
+                    .entry("exec_ms".into())
+                    .or_default()
+                    .entry(sys.to_string())
+                    .or_default()
+                    .push(d);
+                let _ = c.delete(Some(&eid), false);
+            }
 
             let t = Instant::now();
             let ok = self
@@ -721,7 +762,9 @@ impl Bench {
             assert!(ok.success());
             self.record("exec_ms", "containerd", d);
         }
-        Self::tether_remove(&mut c, &state);
+        for (_, mut c, state) in shims {
+            Self::tether_remove(&mut c, &state);
+        }
         self.runc_delete(&rid);
         self.ctd.remove(&cid);
     }
@@ -775,8 +818,8 @@ impl Bench {
                 self.runc_delete(&id);
                 (rate(d), 0.0)
             }
-            "tether" => {
-                let (mut c, state) = self.tether_launch(&id, &bundle);
+            "tether" | "base" => {
+                let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 let created = c
                     .create(&CreateParams {
                         stdin: Some("/dev/null".into()),
@@ -865,11 +908,29 @@ impl Bench {
     /// PSS of one idle monitor, then private dirty and PSS summed over `n` idle ones.
     fn idle_memory(&mut self, n: usize) {
         let bundle = self.bundle("sleep", &["sleep", "1000"]);
-        // tether
+        for sys in self.with_base(&["tether"]) {
+            self.tether_idle_memory(sys, n, &bundle);
+        }
+        self.peers_idle_memory(n, &bundle);
+        let mut binaries = vec![
+            ("tether", binary("tether-shim")),
+            ("conmon", which("conmon").unwrap()),
+            ("containerd", which("containerd-shim-runc-v2").unwrap()),
+        ];
+        if let Some(b) = &self.baseline {
+            binaries.push(("base", b.clone()));
+        }
+        for (sys, path) in binaries {
+            let kb = fs::metadata(path).unwrap().len() as f64 / 1024.0;
+            self.record("binary_kb", sys, kb);
+        }
+    }
+
+    fn tether_idle_memory(&mut self, sys: &str, n: usize, bundle: &Path) {
         let mut shims = Vec::new();
         for i in 0..n {
             let id = self.id("m");
-            let (mut c, state) = self.tether_launch(&id, &bundle);
+            let (mut c, state) = self.launch_shim(sys, &id, bundle);
             let log = state.with_extension("log");
             c.create(&CreateParams {
                 stdin: Some("/dev/null".into()),
@@ -880,20 +941,23 @@ impl Bench {
             .unwrap();
             c.start().unwrap();
             if i == 0 {
-                self.single_figures("tether", Self::tether_pid(&state));
+                self.single_figures(sys, Self::tether_pid(&state));
             }
             shims.push((c, state));
         }
         let pids: Vec<i32> = shims.iter().map(|(_, s)| Self::tether_pid(s)).collect();
-        self.memory_figures("tether", &pids);
+        self.memory_figures(sys, &pids);
         for (mut c, state) in shims {
             Self::tether_remove(&mut c, &state);
         }
+    }
+
+    fn peers_idle_memory(&mut self, n: usize, bundle: &Path) {
         // conmon
         let mut mons = Vec::new();
         for i in 0..n {
             let id = self.id("m");
-            let c = self.conmon_create(&id, &bundle);
+            let c = self.conmon_create(&id, bundle);
             self.runc_ok(&["start", &id]);
             if i == 0 {
                 self.single_figures("conmon", c.conmon_pid);
@@ -920,14 +984,6 @@ impl Bench {
         self.memory_figures("containerd", &pids);
         for id in &ids {
             self.ctd.remove(id);
-        }
-        for (sys, path) in [
-            ("tether", binary("tether-shim")),
-            ("conmon", which("conmon").unwrap()),
-            ("containerd", which("containerd-shim-runc-v2").unwrap()),
-        ] {
-            let kb = fs::metadata(path).unwrap().len() as f64 / 1024.0;
-            self.record("binary_kb", sys, kb);
         }
     }
 
@@ -970,13 +1026,22 @@ impl Bench {
         let n_idle = if self.quick { 5 } else { 50 };
         let mut figures = serde_json::Map::new();
         println!(
-            "\n{:<34} {:>24} {:>24} {:>24} {:>24}",
-            "figure (median, min-max)", "runc / floor", "tether", "conmon", "containerd-shim"
+            "\n{:<34} {:>24} {:>24} {:>24} {:>24}{}",
+            "figure (median, min-max)",
+            "runc / floor",
+            "tether",
+            "conmon",
+            "containerd-shim",
+            if self.baseline.is_some() {
+                format!(" {:>24}", "base")
+            } else {
+                String::new()
+            }
         );
         for (figure, systems) in &self.samples {
             let mut row = serde_json::Map::new();
             let mut cells = Vec::new();
-            for sys in ["runc", "floor", "tether", "conmon", "containerd"] {
+            for sys in ["runc", "floor", "tether", "conmon", "containerd", "base"] {
                 if let Some(v) = systems.get(sys) {
                     let (med, lo, hi) = stats(v);
                     row.insert(
@@ -994,12 +1059,17 @@ impl Bench {
                     .unwrap_or_else(|| "-".into())
             };
             println!(
-                "{:<34} {:>24} {:>24} {:>24} {:>24}",
+                "{:<34} {:>24} {:>24} {:>24} {:>24}{}",
                 figure,
                 cell(&["runc", "floor"]),
                 cell(&["tether"]),
                 cell(&["conmon"]),
-                cell(&["containerd"])
+                cell(&["containerd"]),
+                if self.baseline.is_some() {
+                    format!(" {:>24}", cell(&["base"]))
+                } else {
+                    String::new()
+                }
             );
             figures.insert(figure.clone(), Value::Object(row));
         }
@@ -1092,6 +1162,22 @@ impl Bench {
                 true,
             ),
         ];
+        if self.baseline.is_some() {
+            println!("\n{:<48} {:>8}", "tether / base (same run)", "ratio");
+            for f in [
+                "idle_private_dirty_kb",
+                "private_dirty_per_container_kb",
+                "idle_pss_kb",
+                "binary_kb",
+                "start_ms",
+                "exit_ms",
+                "exec_ms",
+                "throughput_mbps",
+                "cpu_s_per_gb",
+            ] {
+                println!("{f:<48} {:>8.3}", m(f, "tether") / m(f, "base"));
+            }
+        }
         println!("\n{:<48} {:>8} {:>8}  met", "ratio", "value", "target");
         let mut rs = Vec::new();
         for (name, value, target, lower) in ratios {

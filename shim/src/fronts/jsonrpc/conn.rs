@@ -1,5 +1,5 @@
-//! One client connection: bytes in, complete lines out; answers and events queued out
-//! with a bound, so a client that stops reading cannot grow the shim without limit.
+//! One client connection: bytes in, complete lines out; answers and events queued
+//! out with bounds, so a client cannot grow the shim without limit.
 
 use mio::net::UnixStream;
 use std::collections::VecDeque;
@@ -7,8 +7,12 @@ use std::io::{self, Write};
 use tether_protocol::frame::{Line, LineBuffer};
 use tether_protocol::MAX_LINE;
 
-/// Bytes queued for one client before it counts as stuck and is disconnected.
+/// Bytes queued for one client before it counts as stuck and is disconnected (a
+/// subscriber that stopped reading its events).
 pub const MAX_QUEUED: usize = 8 << 20;
+/// While more than this is queued for a client, its requests are not read: a client
+/// that sends without reading its answers is held back by its own socket.
+pub const PAUSE_READING_AT: usize = 256 << 10;
 
 pub struct Conn {
     pub stream: UnixStream,
@@ -22,16 +26,18 @@ pub struct Conn {
     /// The client shut down its sending side (`socat` at the end of its input): no
     /// more requests, but answers still due are sent.
     pub read_closed: bool,
+    /// Reading stopped until the queue drains (see PAUSE_READING_AT).
+    pub paused: bool,
+    /// Calls of this client whose answers are still to come.
+    pub pending: usize,
 }
 
-/// What a read found besides lines.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadEnd {
-    /// Nothing more for now.
-    Open,
-    /// The client hung up.
+/// What reading found.
+pub enum Input {
+    Line(Vec<u8>),
+    /// Nothing more until the socket is readable again.
+    Drained,
     Closed,
-    /// A line over [`MAX_LINE`]: the connection must be closed.
     TooLong,
 }
 
@@ -45,28 +51,28 @@ impl Conn {
             queued: 0,
             subscribed: false,
             read_closed: false,
+            paused: false,
+            pending: 0,
         }
     }
 
-    /// Reads what is available; returns the complete lines.
-    pub fn read_lines(&mut self) -> (Vec<Vec<u8>>, ReadEnd) {
-        let mut lines = Vec::new();
-        if self.read_closed {
-            return (lines, ReadEnd::Closed);
-        }
+    /// The next complete line, reading the socket only when none is buffered.
+    pub fn next_input(&mut self) -> Input {
         loop {
+            match self.input.next_line() {
+                Line::Complete(l) => return Input::Line(l),
+                Line::TooLong => return Input::TooLong,
+                Line::Incomplete => {}
+            }
+            if self.read_closed {
+                return Input::Closed;
+            }
             match self.input.read_from(&mut self.stream) {
-                Ok(0) => return (lines, ReadEnd::Closed),
-                Ok(_) => loop {
-                    match self.input.next_line() {
-                        Line::Complete(l) => lines.push(l),
-                        Line::Incomplete => break,
-                        Line::TooLong => return (lines, ReadEnd::TooLong),
-                    }
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (lines, ReadEnd::Open),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return (lines, ReadEnd::Closed),
+                Ok(0) => self.read_closed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.read_closed = true,
             }
         }
     }
@@ -76,6 +82,10 @@ impl Conn {
         self.queued += line.len();
         self.out.push_back(line);
         self.queued <= MAX_QUEUED
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     pub fn has_pending(&self) -> bool {
@@ -100,6 +110,8 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        // An empty queue holds no memory.
+        self.out = VecDeque::new();
         Ok(())
     }
 

@@ -3,41 +3,35 @@
 //! listener and the accepted connection are both loop sources) and sizes it with
 //! TIOCSWINSZ.
 
+use crate::reactor::{Io, Owner};
 use mio::net::{UnixListener, UnixStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 pub struct ConsoleSocket {
     path: PathBuf,
     listener: UnixListener,
-    conn: Option<UnixStream>,
     listener_token: Token,
-    conn_token: Token,
+    conn: Option<(UnixStream, Token)>,
 }
 
 impl ConsoleSocket {
-    pub fn bind(
-        path: &Path,
-        registry: &Registry,
-        listener_token: Token,
-        conn_token: Token,
-    ) -> Result<Self, String> {
+    pub fn bind(path: &Path, io: &mut Io<'_>) -> Result<Self, String> {
         let _ = std::fs::remove_file(path);
         let mut listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot bind console socket {}: {e}", path.display()))?;
-        registry
-            .register(&mut listener, listener_token, Interest::READABLE)
+        let listener_token = io
+            .watch(Owner::Core, &mut listener, Interest::READABLE)
             .map_err(|e| format!("cannot watch console socket: {e}"))?;
         Ok(ConsoleSocket {
             path: path.to_path_buf(),
             listener,
-            conn: None,
             listener_token,
-            conn_token,
+            conn: None,
         })
     }
 
@@ -45,25 +39,25 @@ impl ConsoleSocket {
         &self.path
     }
 
-    pub fn tokens(&self) -> [Token; 2] {
-        [self.listener_token, self.conn_token]
+    pub fn owns(&self, token: Token) -> bool {
+        self.listener_token == token || self.conn.as_ref().is_some_and(|(_, t)| *t == token)
     }
 
     /// Makes what progress it can; returns the master once it has arrived.
-    pub fn poll(&mut self, registry: &Registry) -> Result<Option<OwnedFd>, String> {
+    pub fn poll(&mut self, io: &mut Io<'_>) -> Result<Option<OwnedFd>, String> {
         if self.conn.is_none() {
             match self.listener.accept() {
                 Ok((mut conn, _)) => {
-                    registry
-                        .register(&mut conn, self.conn_token, Interest::READABLE)
+                    let token = io
+                        .watch(Owner::Core, &mut conn, Interest::READABLE)
                         .map_err(|e| format!("cannot watch console connection: {e}"))?;
-                    self.conn = Some(conn);
+                    self.conn = Some((conn, token));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(format!("console socket accept: {e}")),
             }
         }
-        let Some(conn) = self.conn.as_ref() else {
+        let Some((conn, _)) = self.conn.as_ref() else {
             return Ok(None);
         };
         match receive_fd(conn.as_raw_fd()) {
@@ -73,10 +67,10 @@ impl ConsoleSocket {
         }
     }
 
-    pub fn close(mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.listener);
-        if let Some(mut conn) = self.conn.take() {
-            let _ = registry.deregister(&mut conn);
+    pub fn close(mut self, io: &mut Io<'_>) {
+        io.unwatch(&mut self.listener, self.listener_token);
+        if let Some((mut conn, token)) = self.conn.take() {
+            io.unwatch(&mut conn, token);
         }
         let _ = std::fs::remove_file(&self.path);
     }
@@ -96,8 +90,8 @@ fn receive_fd(sock: RawFd) -> Result<OwnedFd, Errno> {
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             for fd in fds {
-                // SAFETY: the kernel just installed this descriptor for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                // Owned at once so extra descriptors are closed, not leaked.
+                let owned = crate::sys::own_received_fd(fd);
                 if received.is_none() {
                     received = Some(owned);
                 }
@@ -111,30 +105,15 @@ fn receive_fd(sock: RawFd) -> Result<OwnedFd, Errno> {
 }
 
 /// Sets the terminal's size (TIOCSWINSZ on the master).
-pub fn resize(master: RawFd, rows: u16, cols: u16) -> Result<(), String> {
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
-    let r = unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &size) };
-    if r < 0 {
-        return Err(format!("TIOCSWINSZ: {}", Errno::last()));
-    }
-    Ok(())
+pub fn resize(master: &OwnedFd, rows: u16, cols: u16) -> Result<(), String> {
+    crate::sys::set_window_size(master.as_raw_fd(), rows, cols).map_err(|e| format!("TIOCSWINSZ: {e}"))
 }
 
 /// The terminal's end-of-file character (VEOF, normally ^D): written to the master,
 /// it ends a canonical-mode read with zero bytes, which is how a process on a PTY
 /// learns its stdin is closed.
-pub fn eof_char(master: RawFd) -> u8 {
-    // SAFETY: tcgetattr fills a termios struct we own.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    if unsafe { libc::tcgetattr(master, &mut t) } == 0 {
-        t.c_cc[libc::VEOF]
-    } else {
-        4
-    }
+pub fn eof_char(master: &OwnedFd) -> u8 {
+    nix::sys::termios::tcgetattr(master)
+        .map(|t| t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize])
+        .unwrap_or(4)
 }

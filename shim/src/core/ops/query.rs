@@ -1,0 +1,85 @@
+//! Calls answered at once from what the shim holds: hello, state, stats, wait (or
+//! later, at the exit), close_stdin, resize.
+
+use super::super::{err, Answer, CallResult, Deferred, Empty, ErrorKind, Reply, Ticket};
+use super::Core;
+use crate::reactor::Io;
+use tether_protocol::*;
+
+impl Core {
+    pub(in crate::core) fn hello(&self) -> HelloResult {
+        let events = self.out.events();
+        HelloResult {
+            protocol: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shim_pid: std::process::id(),
+            id: self.id.clone(),
+            bundle: self.bundle.display().to_string(),
+            runtime: self.runtime.path.clone(),
+            status: self.status(),
+            last_seq: events.last_seq(),
+            first_seq: events.first_seq(),
+        }
+    }
+
+    pub(in crate::core) fn wait(&mut self, ticket: Ticket, p: ProcessParams) -> Reply {
+        let proc = match self.process_mut(p.process.as_deref()) {
+            Ok(proc) => proc,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        if let Some(record) = proc.published_exit() {
+            return Reply::Now(Ok(Answer::Exit(record.clone())));
+        }
+        if proc.add_waiter(ticket) {
+            Reply::Later(Deferred::stored(ticket))
+        } else {
+            Reply::Now(Err(err(ErrorKind::Internal, "wait could not be stored")))
+        }
+    }
+
+    pub(in crate::core) fn state(&self, p: ProcessParams) -> CallResult {
+        if p.process.is_some() {
+            return self
+                .process(p.process.as_deref())
+                .map(|proc| Answer::Process(proc.state()));
+        }
+        Ok(Answer::Container(ContainerState {
+            id: self.id.clone(),
+            bundle: self.bundle.display().to_string(),
+            status: self.status(),
+            pid: self.init.as_ref().and_then(|i| i.pid()),
+            processes: self.processes().map(|p| p.state()).collect(),
+        }))
+    }
+
+    pub(in crate::core) fn stats(&self) -> CallResult {
+        match &self.oom.cgroup {
+            Some(cg) if !self.deleted => Ok(Answer::Stats(cg.stats())),
+            _ => Err(err(
+                ErrorKind::WrongState,
+                format!("container {} has no cgroup yet", self.id),
+            )),
+        }
+    }
+
+    pub(in crate::core) fn close_stdin(&mut self, p: ProcessParams, io: &mut Io<'_>) -> CallResult {
+        let proc = self.process_mut(p.process.as_deref())?;
+        let exited = proc.has_exited();
+        proc.io.close_stdin(io, exited);
+        Ok(Answer::Empty(Empty {}))
+    }
+
+    pub(in crate::core) fn resize(&mut self, p: ResizeParams) -> CallResult {
+        let proc = self.process_mut(p.process.as_deref())?;
+        if !proc.terminal {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("process {} has no terminal", proc.name),
+            ));
+        }
+        proc.io
+            .resize(p.rows, p.cols)
+            .map_err(|m| err(ErrorKind::Internal, m))?;
+        Ok(Answer::Empty(Empty {}))
+    }
+}

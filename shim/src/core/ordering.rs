@@ -1,0 +1,104 @@
+//! When an exit may be published. The rules containerd's users depend on, in one
+//! place:
+//! - start before exit: a process's start event precedes its exit, even when it
+//!   exits before the runtime call that starts it returns;
+//! - exit after output: its exit waits until its output has been relayed to the end
+//!   (or a grace period, if something else holds its pipe open);
+//! - init last: init's exit waits for the exit of every exec;
+//! - OOM first: an `oom` event precedes the exit of the process it killed.
+
+use super::process::Process;
+use super::Core;
+use crate::reactor::Io;
+use std::time::{Duration, Instant};
+
+/// How long an exit waits for its output pipes to reach EOF: past it, something that
+/// outlived the process holds them, and the exit goes out without waiting further.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why an exit is (not yet) publishable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not exited, or already published.
+    Nothing,
+    /// Its start call has not returned.
+    AwaitStart,
+    /// Its output is still flowing, within the grace period.
+    AwaitOutput,
+    Publish,
+    /// Publish, though its output is still open (the grace period is over).
+    PublishOutputOpen,
+}
+
+/// The rules for one process (init's extra rule is in [`execs_settled`]).
+pub fn verdict(p: &Process, now: Instant) -> Verdict {
+    let Some(reaped_at) = p.exit_reaped_at() else {
+        return Verdict::Nothing;
+    };
+    if !p.exit_unblocked_by_start() {
+        return Verdict::AwaitStart;
+    }
+    if p.io.output_drained() {
+        Verdict::Publish
+    } else if now >= reaped_at + OUTPUT_GRACE {
+        Verdict::PublishOutputOpen
+    } else {
+        Verdict::AwaitOutput
+    }
+}
+
+/// Every exec's exit is published: init's exit may follow. (An exec still being
+/// launched holds it back too: it either fails and goes, or runs and is killed.)
+pub fn execs_settled<'a>(mut execs: impl Iterator<Item = &'a Process>) -> bool {
+    execs.all(|e| e.is_published())
+}
+
+/// The earliest grace deadline among exits still waiting for their output.
+pub fn next_deadline<'a>(procs: impl Iterator<Item = &'a Process>) -> Option<Instant> {
+    procs
+        .filter(|p| p.exit_unblocked_by_start())
+        .filter_map(|p| p.exit_reaped_at().map(|t| t + OUTPUT_GRACE))
+        .min()
+}
+
+impl Core {
+    /// Publishes every exit whose ordering rules are now met, then finishes a
+    /// `delete` that waited for init's exit.
+    pub(super) fn try_publish(&mut self, io: &mut Io<'_>) {
+        if self.processes().any(|p| p.exit_reaped_at().is_some()) {
+            // An OOM kill is published before the exit it caused: look once more
+            // now, the cgroup may be gone by the time its notification is read.
+            self.check_oom();
+        }
+        let now = Instant::now();
+        for exec in self.execs.values_mut() {
+            publish_if_ready(exec, now, &mut self.oom, &mut self.out);
+        }
+        if execs_settled(self.execs.values()) {
+            if let Some(init) = self.init.as_mut() {
+                publish_if_ready(init, now, &mut self.oom, &mut self.out);
+            }
+        }
+        self.maybe_finish_delete(io);
+    }
+}
+
+fn publish_if_ready(
+    proc: &mut Process,
+    now: Instant,
+    oom: &mut super::oom::OomWatch,
+    out: &mut super::outbox::Outbox,
+) {
+    match verdict(proc, now) {
+        Verdict::Nothing | Verdict::AwaitStart | Verdict::AwaitOutput => return,
+        Verdict::PublishOutputOpen => crate::log!(
+            "{}: output still open {OUTPUT_GRACE:?} after exit; publishing the exit",
+            proc.name
+        ),
+        Verdict::Publish => {}
+    }
+    if oom.claim(proc.exit_status()) {
+        proc.mark_oom_killed();
+    }
+    out.publish_exit(proc);
+}

@@ -1,0 +1,411 @@
+//! The JSON-RPC front: request lines in, core calls; answers and events out as
+//! lines on `shim.sock`. `subscribe` is served here from the core's event log.
+//!
+//! Per-connection work is bounded at every step: a line is at most MAX_LINE; at most
+//! LINES_PER_TURN lines of one client are served before others get their turn;
+//! reading stops while a client's answers are not being taken; at most MAX_PENDING
+//! calls per client wait for an answer; a closed connection releases all it held.
+
+mod conn;
+mod request;
+
+use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
+use crate::fronts::Front;
+use crate::reactor::{Io, Owner, Readiness};
+use conn::{Conn, Input, MAX_QUEUED, PAUSE_READING_AT};
+use mio::net::UnixListener;
+use mio::{Interest, Token};
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+use tether_protocol::*;
+
+/// Lines of one client served before the loop turns to other work.
+const LINES_PER_TURN: usize = 64;
+/// Calls of one client that may wait for an answer at once.
+pub const MAX_PENDING: usize = 4096;
+/// After `accept` fails for want of descriptors: when to try again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+pub struct JsonRpc {
+    owner: Owner,
+    listener: Option<(UnixListener, Token)>,
+    conns: HashMap<Token, Conn>,
+    /// Deferred calls: which connection, and the raw id to answer with (None: a
+    /// notification, answered to nobody).
+    pending: HashMap<Ticket, (Token, Option<String>)>,
+    /// Connections with lines or unread input left over from their last turn.
+    backlog: Vec<Token>,
+    /// `accept` ran out of descriptors: retry at this time.
+    accept_retry: Option<Instant>,
+}
+
+impl JsonRpc {
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        owner: Owner,
+        io: &mut Io<'_>,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(listener);
+        let token = io.watch(owner, &mut listener, Interest::READABLE)?;
+        Ok(JsonRpc {
+            owner,
+            listener: Some((listener, token)),
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            backlog: Vec::new(),
+            accept_retry: None,
+        })
+    }
+
+    #[inline(never)] // keeps its locals out of the idle loop's frame
+    fn accept(&mut self, io: &mut Io<'_>) {
+        self.accept_retry = None;
+        let Some((listener, _)) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    if let Err(why) = peer_allowed(&stream) {
+                        crate::log!("refused a client: {why}");
+                        continue;
+                    }
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    match io.watch(self.owner, &mut stream, interest) {
+                        Ok(token) => {
+                            self.conns.insert(token, Conn::new(stream));
+                        }
+                        Err(e) => crate::log!("cannot watch a client: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the clients queued now would wait for a
+                    // readiness that only another connection brings. Retry soon.
+                    crate::log!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves a connection's input, at most LINES_PER_TURN lines, then writes.
+    fn serve(&mut self, token: Token, core: &mut Core, io: &mut Io<'_>) {
+        for _ in 0..LINES_PER_TURN {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return;
+            };
+            if conn.queued() > PAUSE_READING_AT {
+                conn.paused = true;
+                return self.flush(token, core, io);
+            }
+            match conn.next_input() {
+                Input::Line(line) => self.serve_line(token, &line, core, io),
+                Input::Drained | Input::Closed => return self.flush(token, core, io),
+                Input::TooLong => {
+                    let reason = format!("request line longer than {MAX_LINE} bytes");
+                    return self.drop_conn(token, core, io, Some(&reason));
+                }
+            }
+        }
+        // Turn over: the rest waits for the next turn of the loop.
+        self.backlog.push(token);
+        self.flush(token, core, io);
+    }
+
+    /// Writes what is queued; resumes a paused reader whose queue drained; drops the
+    /// connection if the client is gone, or if it stopped sending and nothing more
+    /// is owed to it.
+    fn flush(&mut self, token: Token, core: &mut Core, io: &mut Io<'_>) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let gone = conn.flush().is_err();
+        if conn.paused && conn.queued() <= PAUSE_READING_AT / 2 {
+            conn.paused = false;
+            self.backlog.push(token);
+        }
+        let owed = conn.subscribed || conn.pending > 0;
+        if gone || (conn.read_closed && !conn.has_pending() && !owed) {
+            self.drop_conn(token, core, io, None);
+        }
+    }
+
+    fn drop_conn(&mut self, token: Token, core: &mut Core, io: &mut Io<'_>, reason: Option<&str>) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        if let Some(reason) = reason {
+            crate::log!("closing a client connection: {reason}");
+            conn.say_goodbye(reason);
+        }
+        io.unwatch(&mut conn.stream, token);
+        if conn.pending > 0 {
+            // Everything kept only to answer this client goes.
+            self.pending.retain(|ticket, (t, _)| {
+                let mine = *t == token;
+                if mine {
+                    core.cancel(*ticket);
+                }
+                !mine
+            });
+        }
+    }
+
+    fn send(&mut self, token: Token, bytes: Vec<u8>, core: &mut Core, io: &mut Io<'_>) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if !conn.queue(bytes) {
+            let reason = format!("client too slow: more than {MAX_QUEUED} bytes queued");
+            self.drop_conn(token, core, io, Some(&reason));
+        }
+    }
+
+    fn send_result(
+        &mut self,
+        token: Token,
+        id: Option<&str>,
+        result: CallResult,
+        core: &mut Core,
+        io: &mut Io<'_>,
+    ) {
+        // A request without id is a notification: nothing is sent back.
+        let Some(id) = id else { return };
+        let bytes = match result {
+            Ok(answer) => answer_line(id, "result", &answer),
+            Err(e) => answer_line(id, "error", &rpc_error(&e)),
+        };
+        self.send(token, bytes, core, io);
+    }
+
+    fn send_error(&mut self, token: Token, id: Option<&str>, e: RpcError, core: &mut Core, io: &mut Io<'_>) {
+        let line = answer_line(id.unwrap_or("null"), "error", &e);
+        self.send(token, line, core, io);
+    }
+
+    fn serve_line(&mut self, token: Token, raw: &[u8], core: &mut Core, io: &mut Io<'_>) {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return; // a person pressing enter
+        }
+        let req = match request::parse(raw) {
+            Ok(req) => req,
+            Err((id, e)) => return self.send_error(token, id.as_deref(), e, core, io),
+        };
+        let id = req.id.as_deref();
+        if req.method == "subscribe" {
+            return self.subscribe(token, id, req.params, core, io);
+        }
+        let call = match request::call(&req.method, req.params) {
+            Ok(call) => call,
+            Err(e) => return self.send_error(token, Some(id.unwrap_or("null")), e, core, io),
+        };
+        let waiting = self.conns.get(&token).map_or(0, |c| c.pending);
+        if waiting >= MAX_PENDING && may_defer(&call) {
+            let e = RpcError::new(
+                ErrorKind::LimitExceeded,
+                format!("{waiting} calls of this connection are still waiting for their answers (at most {MAX_PENDING}): read some answers first"),
+            );
+            return self.send_error(token, Some(id.unwrap_or("null")), e, core, io);
+        }
+        match core.call(call, io) {
+            Reply::Now(result) => self.send_result(token, id, result, core, io),
+            Reply::Later(deferred) => {
+                self.pending.insert(deferred.ticket(), (token, req.id.clone()));
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    conn.pending += 1;
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        token: Token,
+        id: Option<&str>,
+        p: Option<&serde_json::value::RawValue>,
+        core: &mut Core,
+        io: &mut Io<'_>,
+    ) {
+        let p: SubscribeParams = match request::params("subscribe", p) {
+            Ok(p) => p,
+            Err(e) => return self.send_error(token, Some(id.unwrap_or("null")), e, core, io),
+        };
+        let (replay_to, replay) = match p.since {
+            None => (core.last_seq(), Vec::new()),
+            Some(since) => match core.replay(since) {
+                Ok(r) => r,
+                Err(e) => return self.send_result(token, Some(id.unwrap_or("null")), Err(e), core, io),
+            },
+        };
+        if let Some(id) = id {
+            let result = SubscribeResult {
+                replay_to,
+                replayed: replay.len() as u64,
+            };
+            self.send(token, answer_line(id, "result", &result), core, io);
+        }
+        for stored in &replay {
+            self.send(token, event_line_from_json(&stored.json), core, io);
+        }
+        if let Some(conn) = self.conns.get_mut(&token) {
+            conn.subscribed = true;
+        }
+    }
+}
+
+impl Front for JsonRpc {
+    #[inline(never)] // keeps its locals out of the idle loop's frame
+    fn on_ready(&mut self, token: Token, ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
+        if self.listener.as_ref().is_some_and(|(_, t)| *t == token) {
+            return self.accept(io);
+        }
+        self.serve(token, core, io);
+        if ready.gone {
+            self.drop_conn(token, core, io, None);
+        }
+    }
+
+    #[inline(never)] // keeps its locals out of the idle loop's frame
+    fn deliver(&mut self, outputs: &[Output], core: &mut Core, io: &mut Io<'_>) {
+        for output in outputs {
+            match output {
+                Output::Reply(ticket, result) => {
+                    let Some((token, id)) = self.pending.remove(ticket) else {
+                        continue;
+                    };
+                    if let Some(conn) = self.conns.get_mut(&token) {
+                        conn.pending -= 1;
+                    }
+                    self.send_result(token, id.as_deref(), (**result).clone(), core, io);
+                }
+                Output::Event(event) => {
+                    let line = event_line(event);
+                    let subscribers: Vec<Token> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| c.subscribed)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    for token in subscribers {
+                        self.send(token, line.clone(), core, io);
+                    }
+                }
+                Output::Exit { .. } => {}
+            }
+        }
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.has_pending() || c.read_closed)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.flush(token, core, io);
+        }
+    }
+
+    fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+            self.accept(io);
+        }
+        let backlog = std::mem::take(&mut self.backlog);
+        for (i, token) in backlog.iter().enumerate() {
+            // A connection may have been queued twice in one turn: serve it once.
+            if !backlog[..i].contains(token) {
+                self.serve(*token, core, io);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if !self.backlog.is_empty() {
+            return Some(Instant::now());
+        }
+        self.accept_retry
+    }
+
+    fn stop_accepting(&mut self, io: &mut Io<'_>) {
+        if let Some((mut listener, token)) = self.listener.take() {
+            io.unwatch(&mut listener, token);
+        }
+    }
+
+    fn is_flushed(&self) -> bool {
+        self.conns.values().all(|c| !c.has_pending())
+    }
+}
+
+/// Calls whose answer may come later (they count against MAX_PENDING).
+fn may_defer(call: &Call) -> bool {
+    !matches!(
+        call,
+        Call::Hello
+            | Call::State(_)
+            | Call::Stats
+            | Call::CloseStdin(_)
+            | Call::Resize(_)
+            | Call::Shutdown(_)
+    )
+}
+
+/// The core's error as a JSON-RPC error object.
+fn rpc_error(e: &core::CoreError) -> RpcError {
+    use core::ErrorKind as K;
+    let kind = match e.kind {
+        K::InvalidParams => ErrorKind::InvalidParams,
+        K::NotFound => ErrorKind::NotFound,
+        K::AlreadyExists => ErrorKind::AlreadyExists,
+        K::WrongState => ErrorKind::WrongState,
+        K::RuntimeFailed => ErrorKind::RuntimeFailed,
+        K::InvalidBundle => ErrorKind::InvalidBundle,
+        K::StdioFailed => ErrorKind::StdioFailed,
+        K::EventsCompacted => ErrorKind::EventsCompacted,
+        K::LimitExceeded => ErrorKind::LimitExceeded,
+        K::ShuttingDown => ErrorKind::ShuttingDown,
+        K::Internal => ErrorKind::Internal,
+    };
+    RpcError::new(kind, e.message.clone())
+}
+
+/// `{"jsonrpc":"2.0","id":ID,"result"|"error":BODY}`, written out by hand so the id is
+/// echoed exactly as sent, and a person reading socat sees the envelope first and
+/// the body's fields in their documented order.
+fn answer_line<T: serde::Serialize>(id: &str, member: &str, body: &T) -> Vec<u8> {
+    let body = serde_json::to_string(body).unwrap_or_else(|e| {
+        // Serializing our own plain types does not fail; say so if it ever does.
+        serde_json::json!({"code": ErrorKind::Internal.code(), "message": e.to_string(), "data": {"kind": "internal"}})
+            .to_string()
+    });
+    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"{member}\":{body}}}\n").into_bytes()
+}
+
+fn event_line(event: &Event) -> Vec<u8> {
+    event_line_from_json(&serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string()))
+}
+
+/// The notification carrying one event's JSON (as the event log stores it).
+fn event_line_from_json(json: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(json.len() + 48);
+    bytes.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":");
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(b"}\n");
+    bytes
+}
+
+/// Only the shim's own user (or root) may drive it.
+fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    use std::os::fd::AsFd;
+    let creds = getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if creds.uid() == me || creds.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!("peer uid {} is neither {me} nor root", creds.uid()))
+    }
+}

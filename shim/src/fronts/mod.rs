@@ -1,0 +1,34 @@
+//! Ways into the core. Each front lives in its own folder, turns its own messages
+//! into core [`Call`](crate::core::Call)s and the core's outputs back into its own
+//! messages, and registers its fds with the loop through [`Io`]. Adding one touches
+//! neither the core nor the other fronts: only the launch that lists them.
+
+pub mod jsonrpc;
+
+use crate::core::{Core, Output};
+use crate::reactor::{Io, Readiness};
+use mio::Token;
+use std::time::Instant;
+
+pub trait Front {
+    /// Readiness of one of the front's own tokens.
+    fn on_ready(&mut self, token: Token, ready: Readiness, core: &mut Core, io: &mut Io<'_>);
+
+    /// The core's outputs of this turn: replies (a front ignores tickets it did not
+    /// issue), events, the shim's exit.
+    fn deliver(&mut self, outputs: &[Output], core: &mut Core, io: &mut Io<'_>);
+
+    /// Work a front put off to stay fair (bounded work per readiness), and timers.
+    fn on_tick(&mut self, _core: &mut Core, _io: &mut Io<'_>) {}
+
+    /// When the loop must wake up for this front at the latest.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The shim is exiting: accept no new clients.
+    fn stop_accepting(&mut self, _io: &mut Io<'_>) {}
+
+    /// Nothing queued for any client.
+    fn is_flushed(&self) -> bool;
+}

@@ -1,0 +1,169 @@
+//! Moves the bytes of one stream from its source to its destination. splice(2)
+//! moves them without a copy through user space; where splice cannot work (a PTY
+//! master) it falls back to read/write with a small buffer allocated only then.
+
+use super::host_end::set_nonblocking;
+use super::Stream;
+use crate::reactor::{Io, Owner};
+use mio::{Interest, Token};
+use nix::errno::Errno;
+use nix::fcntl::SpliceFFlags;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Bytes one splice call may move.
+const SPLICE_CHUNK: usize = 1 << 20;
+/// The read/write fallback's buffer (PTY relays only).
+const COPY_BUFFER: usize = 32 << 10;
+
+pub struct Relay {
+    pub stream: Stream,
+    src: Option<OwnedFd>,
+    dst: Option<OwnedFd>,
+    keepalive: Option<OwnedFd>,
+    tokens: Vec<(RawFd, Token)>,
+    /// Set when splice is refused (a PTY): bytes read but not yet written.
+    copy: Option<CopyBuffer>,
+    /// `src` is a PTY master: EIO means "no slave open", which is only an end once the
+    /// process has exited.
+    src_is_tty: bool,
+    done: bool,
+}
+
+/// Allocated while it holds bytes only: an idle terminal costs no buffer.
+struct CopyBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Relay {
+    pub fn new(
+        stream: Stream,
+        src: OwnedFd,
+        dst: OwnedFd,
+        keepalive: Option<OwnedFd>,
+        src_is_tty: bool,
+    ) -> Result<Relay, String> {
+        set_nonblocking(&src)?;
+        set_nonblocking(&dst)?;
+        Ok(Relay {
+            stream,
+            src: Some(src),
+            dst: Some(dst),
+            keepalive,
+            tokens: Vec::new(),
+            copy: None,
+            src_is_tty,
+            done: false,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Registers both ends with the loop (edge-triggered); an end epoll refuses (a
+    /// regular file, /dev/null) is always ready and needs no registration.
+    pub fn register(&mut self, io: &mut Io<'_>) {
+        let ends = [
+            (self.src.as_ref().map(|f| f.as_raw_fd()), Interest::READABLE),
+            (self.dst.as_ref().map(|f| f.as_raw_fd()), Interest::WRITABLE),
+        ];
+        for (fd, interest) in ends {
+            let Some(fd) = fd else { continue };
+            if let Ok(token) = io.watch_fd(Owner::Core, fd, interest) {
+                self.tokens.push((fd, token));
+            }
+        }
+    }
+
+    /// Moves what can be moved now. `process_exited` lets a PTY's EIO count as the end.
+    /// Returns true when the relay has finished (source ended, or destination gone).
+    pub fn pump(&mut self, io: &mut Io<'_>, process_exited: bool) -> bool {
+        while !self.done {
+            let (Some(src), Some(dst)) = (self.src.as_ref(), self.dst.as_ref()) else {
+                break;
+            };
+            let step = match self.copy.as_mut() {
+                None => nix::fcntl::splice(
+                    src,
+                    None,
+                    dst,
+                    None,
+                    SPLICE_CHUNK,
+                    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+                ),
+                Some(buffer) => buffer.step(src, dst),
+            };
+            match step {
+                Ok(0) => self.finish(io),
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINVAL) if self.copy.is_none() => {
+                    self.copy = Some(CopyBuffer {
+                        buf: Vec::new(),
+                        start: 0,
+                        end: 0,
+                    });
+                }
+                Err(Errno::EIO) if self.src_is_tty && !process_exited => break,
+                Err(Errno::EIO) if self.src_is_tty => self.finish(io),
+                Err(Errno::EPIPE) => self.finish(io),
+                Err(e) => {
+                    crate::log!("{} relay stopped: {e}", self.stream.name());
+                    self.finish(io);
+                }
+            }
+        }
+        self.done
+    }
+
+    /// Stops relaying: both ends are closed (an output FIFO's keepalive stays, so its
+    /// unread bytes survive until the process is deleted).
+    pub fn finish(&mut self, io: &mut Io<'_>) {
+        for (fd, token) in self.tokens.drain(..) {
+            io.unwatch_fd(fd, token);
+        }
+        self.src = None;
+        self.dst = None;
+        self.copy = None;
+        self.done = true;
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.tokens.iter().any(|(_, t)| *t == token)
+    }
+
+    /// Drops the keepalive too (the process record is going away).
+    pub fn release(&mut self, io: &mut Io<'_>) {
+        self.finish(io);
+        self.keepalive = None;
+    }
+}
+
+impl CopyBuffer {
+    /// Writes what is buffered, else reads more. Ok(0) only at the source's end.
+    fn step(&mut self, src: &OwnedFd, dst: &OwnedFd) -> Result<usize, Errno> {
+        if self.start == self.end {
+            if self.buf.is_empty() {
+                self.buf = vec![0; COPY_BUFFER];
+            }
+            let read = nix::unistd::read(src.as_raw_fd(), &mut self.buf);
+            if !matches!(read, Ok(n) if n > 0) {
+                self.buf = Vec::new();
+            }
+            let n = read?;
+            self.start = 0;
+            self.end = n;
+            return Ok(n);
+        }
+        let n = nix::unistd::write(dst, &self.buf[self.start..self.end])?;
+        self.start += n;
+        if self.start == self.end {
+            self.buf = Vec::new();
+        }
+        // A write of 0 bytes is not an end: report progress of at least one step.
+        Ok(n.max(1))
+    }
+}

@@ -1,0 +1,19 @@
+//! tether-shim as a library: the core (front-neutral, testable without root), its
+//! fronts, the event loop, and the launch. `src/main.rs` is the thin binary.
+//! docs/PROTOCOL.md is the wire contract.
+
+pub mod cgroup;
+pub mod cleanup;
+pub mod core;
+pub mod events;
+pub mod fronts;
+pub mod io;
+pub mod launch;
+pub mod log;
+pub mod memory;
+pub mod reactor;
+pub mod reaper;
+pub mod runtime;
+pub mod spec;
+pub mod state_dir;
+mod sys;

@@ -1,0 +1,272 @@
+//! The event loop: one thread, one mio poll, and the table that says who owns each
+//! token (the signal pipe, the core, or one of the fronts). The core and the fronts
+//! register their fds through [`Io`], which hands out tokens and records the owner,
+//! so neither knows any other's tokens. Nothing in the loop blocks.
+
+use crate::core::{Core, Output};
+use crate::fronts::Front;
+use crate::reaper;
+use crate::state_dir::StateDir;
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use signal_hook::consts::{SIGCHLD, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// How long a shim that is exiting keeps trying to hand its last answers over.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Signals,
+    Core,
+    /// The front at this index of the reactor's list.
+    Front(usize),
+}
+
+/// Token -> owner. Tokens are reused once released.
+#[derive(Default)]
+pub struct Routes {
+    owners: Vec<Option<Owner>>,
+    free: Vec<usize>,
+}
+
+impl Routes {
+    fn take(&mut self, owner: Owner) -> Token {
+        match self.free.pop() {
+            Some(i) => {
+                self.owners[i] = Some(owner);
+                Token(i)
+            }
+            None => {
+                self.owners.push(Some(owner));
+                Token(self.owners.len() - 1)
+            }
+        }
+    }
+
+    fn release(&mut self, token: Token) {
+        if let Some(slot) = self.owners.get_mut(token.0) {
+            if slot.take().is_some() {
+                self.free.push(token.0);
+            }
+        }
+    }
+
+    pub fn owner(&self, token: Token) -> Option<Owner> {
+        self.owners.get(token.0).copied().flatten()
+    }
+}
+
+/// Registration with the loop, for the core and the fronts.
+pub struct Io<'a> {
+    registry: &'a Registry,
+    routes: &'a mut Routes,
+}
+
+impl<'a> Io<'a> {
+    pub fn new(registry: &'a Registry, routes: &'a mut Routes) -> Io<'a> {
+        Io { registry, routes }
+    }
+
+    /// Watches `source` for `owner`; returns its token.
+    pub fn watch<S: Source + ?Sized>(
+        &mut self,
+        owner: Owner,
+        source: &mut S,
+        interest: Interest,
+    ) -> io::Result<Token> {
+        let token = self.routes.take(owner);
+        match self.registry.register(source, token, interest) {
+            Ok(()) => Ok(token),
+            Err(e) => {
+                self.routes.release(token);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn watch_fd(&mut self, owner: Owner, fd: RawFd, interest: Interest) -> io::Result<Token> {
+        self.watch(owner, &mut SourceFd(&fd), interest)
+    }
+
+    pub fn unwatch<S: Source + ?Sized>(&mut self, source: &mut S, token: Token) {
+        let _ = self.registry.deregister(source);
+        self.routes.release(token);
+    }
+
+    pub fn unwatch_fd(&mut self, fd: RawFd, token: Token) {
+        self.unwatch(&mut SourceFd(&fd), token)
+    }
+}
+
+/// What one readiness event said.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer closed both directions: nothing can reach it any more.
+    pub gone: bool,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    routes: Routes,
+    signals: Signals,
+    signals_token: Token,
+    fronts: Vec<Box<dyn Front>>,
+    core: Core,
+    dir: StateDir,
+}
+
+impl Reactor {
+    pub fn new(core: Core, dir: StateDir) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut routes = Routes::default();
+        let mut signals = Signals::new([SIGCHLD, SIGTERM])?;
+        let signals_token =
+            Io::new(poll.registry(), &mut routes).watch(Owner::Signals, &mut signals, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            routes,
+            signals,
+            signals_token,
+            fronts: Vec::new(),
+            core,
+            dir,
+        })
+    }
+
+    /// Adds a front; `make` gets its owner tag and the loop to register with.
+    pub fn add_front<F: Front + 'static>(
+        &mut self,
+        make: impl FnOnce(Owner, &mut Io<'_>) -> io::Result<F>,
+    ) -> io::Result<()> {
+        let owner = Owner::Front(self.fronts.len());
+        let mut io = Io::new(self.poll.registry(), &mut self.routes);
+        let front = make(owner, &mut io)?;
+        self.fronts.push(Box::new(front));
+        Ok(())
+    }
+
+    /// Serves until the container is deleted or `shutdown` is called.
+    #[inline(never)]
+    pub fn run(mut self: Box<Self>) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        let mut exiting: Option<(Instant, bool)> = None;
+        // A child may have ended before the signal handler was installed.
+        let early = reaper::reap_all();
+        if !early.is_empty() {
+            let mut io = Io::new(self.poll.registry(), &mut self.routes);
+            self.core.on_child_exits(early, &mut io);
+        }
+        loop {
+            let deadline = match exiting {
+                Some((at, _)) => Some(at),
+                None => self.next_deadline(),
+            };
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            let mut reap = false;
+            // Requests and runtime calls allocate; relaying output does not.
+            let mut allocated = false;
+            let mut io = Io::new(self.poll.registry(), &mut self.routes);
+            for event in events.iter() {
+                let token = event.token();
+                if token == self.signals_token {
+                    reap |= take_signals(&mut self.signals);
+                    continue;
+                }
+                let ready = Readiness {
+                    readable: event.is_readable() || event.is_read_closed(),
+                    writable: event.is_writable() || event.is_write_closed(),
+                    gone: event.is_write_closed() && event.is_read_closed(),
+                };
+                match io.routes.owner(token) {
+                    Some(Owner::Core) => self.core.on_ready(token, &mut io),
+                    Some(Owner::Front(k)) => {
+                        allocated = true;
+                        if let Some(front) = self.fronts.get_mut(k) {
+                            front.on_ready(token, ready, &mut self.core, &mut io);
+                        }
+                    }
+                    Some(Owner::Signals) | None => {}
+                }
+            }
+            if reap {
+                self.core.on_child_exits(reaper::reap_all(), &mut io);
+                allocated = true;
+            }
+            self.core.on_tick(&mut io);
+            for front in &mut self.fronts {
+                front.on_tick(&mut self.core, &mut io);
+            }
+            let outputs = self.core.take_outputs();
+            if !outputs.is_empty() {
+                for front in &mut self.fronts {
+                    front.deliver(&outputs, &mut self.core, &mut io);
+                }
+            }
+            for output in &outputs {
+                if let Output::Exit { remove_state_dir } = output {
+                    if exiting.is_none() {
+                        exiting = Some((Instant::now() + EXIT_FLUSH, *remove_state_dir));
+                        for front in &mut self.fronts {
+                            front.stop_accepting(&mut io);
+                        }
+                    }
+                }
+            }
+            let flushed = self.fronts.iter().all(|f| f.is_flushed());
+            if allocated && flushed {
+                crate::memory::give_back();
+            }
+            if let Some((at, remove)) = exiting {
+                if flushed || Instant::now() >= at {
+                    self.finish(remove);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.fronts
+            .iter()
+            .filter_map(|f| f.next_deadline())
+            .chain(self.core.next_deadline())
+            .min()
+    }
+
+    fn finish(&self, remove_state_dir: bool) {
+        if remove_state_dir {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir.root) {
+                crate::log!("cannot remove {}: {e}", self.dir.root.display());
+            }
+        } else {
+            let _ = std::fs::remove_file(self.dir.socket());
+            crate::log!("shim exiting; state dir kept");
+        }
+    }
+}
+
+/// Drains the signal pipe; true if a child may have ended.
+fn take_signals(signals: &mut Signals) -> bool {
+    let mut reap = false;
+    for signal in signals.pending() {
+        match signal {
+            SIGCHLD => reap = true,
+            _ => crate::log!(
+                "SIGTERM received and ignored: the container keeps running; use `shutdown` or `delete`"
+            ),
+        }
+    }
+    reap
+}

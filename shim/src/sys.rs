@@ -1,0 +1,59 @@
+//! The few raw system calls nix has no safe wrapper for. Every `unsafe` block of the
+//! shim is here, each with the reason it is sound; the rest of the crate denies
+//! `unsafe_code`.
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// `fork(2)`. Sound only while the process has one thread (the launcher, before
+/// anything spawns threads): the child then may run any Rust code.
+pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: callers fork before any thread exists (see above).
+    unsafe { nix::unistd::fork() }
+}
+
+/// Sets `signal` to SIG_IGN.
+pub fn ignore_signal(signal: Signal) -> nix::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run in signal context.
+    unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) }.map(|_| ())
+}
+
+/// Takes ownership of a descriptor the kernel just installed for us (SCM_RIGHTS).
+pub fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the descriptor was created by this recvmsg and nothing else holds it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// TIOCSWINSZ: sets a terminal's size.
+pub fn set_window_size(tty: RawFd, rows: u16, cols: u16) -> Result<(), Errno> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct, which lives on our stack.
+    let r = unsafe { libc::ioctl(tty, libc::TIOCSWINSZ, &size) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Gives the heap's free memory back to the kernel.
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// MADV_DONTNEED on `[low, high)` of the current thread's stack.
+///
+/// The caller guarantees the range lies wholly below every live frame (see
+/// `memory::trim_stack`): those pages hold nothing live and come back as zero pages.
+pub fn discard_dead_stack(low: usize, high: usize) {
+    // SAFETY: per the caller's guarantee, the range holds no live data.
+    unsafe { libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED) };
+}
