@@ -57,8 +57,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to a shim's socket. A path too long for a socket that is a symlink
+    /// (`STATE_DIR/shim.sock` of a shim with a long id) is followed.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(socket.as_ref())
+        let mut path = socket.as_ref().to_path_buf();
+        if path.as_os_str().len() > 107 {
+            if let Ok(target) = std::fs::read_link(&path) {
+                path = target;
+            }
+        }
+        let stream = UnixStream::connect(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", socket.as_ref().display())))?;
         let writer = stream.try_clone()?;
         Ok(Client {

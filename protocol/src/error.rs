@@ -33,6 +33,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A per-connection bound was reached (calls waiting for an answer).
     LimitExceeded,
+    /// A replay found an event missing from the log (never skipped silently).
+    EventsMissing,
     /// Something inside the shim failed (I/O on its state dir...).
     Internal,
 }
@@ -56,6 +58,7 @@ impl ErrorKind {
             ErrorKind::EventsCompacted => -32007,
             ErrorKind::ShuttingDown => -32008,
             ErrorKind::LimitExceeded => -32009,
+            ErrorKind::EventsMissing => -32010,
         }
     }
 
@@ -74,6 +77,7 @@ impl ErrorKind {
             ErrorKind::EventsCompacted => "events_compacted",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::LimitExceeded => "limit_exceeded",
+            ErrorKind::EventsMissing => "events_missing",
             ErrorKind::Internal => "internal",
         }
     }

@@ -111,6 +111,23 @@ pub enum EventBody {
         image_path: String,
     },
     Deleted {},
+    /// The state dir refuses writes (full disk, EIO): events and exit records wait in
+    /// memory, in order, and are written when it takes them again.
+    StateDirFailing {
+        error: String,
+    },
+    /// Everything that waited is on disk again.
+    StateDirRecovered {},
+    /// Output the shim could not write to its destination (a file on a full disk) was
+    /// dropped so the process never blocks: `bytes` since the last such event on this
+    /// stream, `total` since the process started.
+    OutputDropped {
+        process: String,
+        stream: String,
+        bytes: u64,
+        total: u64,
+        error: String,
+    },
 }
 
 impl EventBody {
@@ -126,6 +143,9 @@ impl EventBody {
             EventBody::Resumed {} => "resumed",
             EventBody::Checkpointed { .. } => "checkpointed",
             EventBody::Deleted {} => "deleted",
+            EventBody::StateDirFailing { .. } => "state_dir_failing",
+            EventBody::StateDirRecovered {} => "state_dir_recovered",
+            EventBody::OutputDropped { .. } => "output_dropped",
         }
     }
 }
@@ -152,6 +172,18 @@ pub struct HelloResult {
     pub last_seq: u64,
     /// The oldest seq `subscribe` can still replay from (`since` >= first_seq - 1).
     pub first_seq: u64,
+    pub state_dir: StateDirHealth,
+}
+
+/// Whether the state dir takes writes. While it does not, events and exit records
+/// wait in memory (they were still sent to clients) and are retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDirHealth {
+    pub writable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub unwritten_events: u64,
+    pub unwritten_records: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +277,9 @@ pub struct Stats {
     pub memory: MemoryStats,
     pub pids: PidsStats,
     pub blkio: BlkioStats,
+    /// Output bytes dropped because their destination refused them (all processes).
+    #[serde(default)]
+    pub output_dropped_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,6 +478,13 @@ pub struct ProcessState {
     pub stdio: StdioPaths,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitRecord>,
+    /// Output bytes dropped because their destination refused them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub output_dropped_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +495,7 @@ pub struct ContainerState {
     /// Init's pid once created.
     pub pid: Option<i32>,
     pub processes: Vec<ProcessState>,
+    pub state_dir: StateDirHealth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,7 +39,8 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
     }
     let recorded: Option<ExitRecord> = fs::read(dir.exit_record(INIT_PROCESS))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .or_else(|| exit_in_event_log(&dir));
     let init_pid = read_pid(&dir.pid_file(INIT_PROCESS));
     if let Some(pid) = init_pid.filter(|p| pid_alive(*p)) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -81,6 +82,27 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         oom_killed: false,
         reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
     });
+    let _ = fs::remove_file(dir.socket());
     fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
     Ok(record)
+}
+
+/// Init's exit as the event log has it: clients were told this status, so it stands
+/// when the record itself never reached the disk.
+fn exit_in_event_log(dir: &StateDir) -> Option<ExitRecord> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+        process: Option<String>,
+    }
+    let text = fs::read_to_string(dir.events()).ok()?;
+    text.lines().rev().find_map(|line| {
+        let k: Kind = serde_json::from_str(line).ok()?;
+        if k.kind == "exit" && k.process.as_deref() == Some(INIT_PROCESS) {
+            serde_json::from_str(line).ok()
+        } else {
+            None
+        }
+    })
 }

@@ -1,9 +1,16 @@
-//! The sequenced event log: every event gets the next `seq`, is appended to
-//! `STATE_DIR/events.jsonl` before anyone is told of it, and can be replayed from
-//! that file. The file is compacted so a long-lived shim does not grow without bound;
-//! exit records themselves live in `exits/` until their process is deleted, so
-//! compaction never loses an exit status.
+//! The sequenced event log: every event gets the next `seq` and is appended to
+//! `STATE_DIR/events.jsonl` before anyone is told of it; `subscribe since=N` replays
+//! from it. The file is compacted so a long-lived shim does not grow without bound;
+//! exit records live in `exits/` until their process is deleted, so compaction never
+//! loses an exit status.
+//!
+//! A disk that refuses a write (full, EIO) loses nothing and tears nothing: the line
+//! that failed is cut back off the file, it and every later event wait in memory, in
+//! order, and are written when the disk takes them again (retried on every append and
+//! on a timer). Replay serves the file and then the waiting events, and checks that
+//! the seqs it serves are contiguous: a gap is an error, never skipped silently.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -14,6 +21,9 @@ use tether_protocol::{Event, EventBody};
 const KEEP_EVENTS: u64 = 1024;
 /// ...once the file holds this many.
 const COMPACT_AT: u64 = 4 * KEEP_EVENTS;
+/// Events kept in memory while the disk refuses them. Past this the oldest are let
+/// go, and a replay over them says so.
+const MAX_UNWRITTEN: usize = 65_536;
 
 /// An event as the log holds it: its seq and its JSON line (the same JSON every
 /// front that speaks JSON sends). [`Stored::event`] gives the typed event.
@@ -31,9 +41,17 @@ impl Stored {
 pub struct EventLog {
     path: PathBuf,
     file: File,
+    /// Length of the file's whole lines: a torn write is cut back to this.
+    good_len: u64,
     last_seq: u64,
-    /// The oldest seq still in the file (last_seq + 1 while it is empty).
+    /// The oldest seq still kept (last_seq + 1 while there is none).
     first_seq: u64,
+    /// Events the disk has not taken yet, oldest first.
+    unwritten: VecDeque<Stored>,
+    /// Seqs let go from memory while the disk refused them (first, last).
+    lost: Option<(u64, u64)>,
+    /// Why the last write failed, while events wait.
+    failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -43,21 +61,28 @@ pub enum ReplayError {
         since: u64,
         first_seq: u64,
     },
+    /// The log does not hold every seq in the range asked for.
+    Gap {
+        missing: u64,
+        detail: String,
+    },
     Io(io::Error),
 }
 
 impl EventLog {
     pub fn create(path: PathBuf) -> io::Result<EventLog> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
+        File::create(&path)?;
+        // Append mode: after a torn line is cut off, the next write lands at the end.
+        let file = OpenOptions::new().append(true).open(&path)?;
         Ok(EventLog {
             path,
             file,
+            good_len: 0,
             last_seq: 0,
             first_seq: 1,
+            unwritten: VecDeque::new(),
+            lost: None,
+            failure: None,
         })
     }
 
@@ -69,8 +94,14 @@ impl EventLog {
         self.first_seq
     }
 
-    /// Gives `body` the next seq and appends it to the file. A failed write is logged
-    /// and the event still goes out: the live subscribers must not miss it.
+    /// Events waiting for the disk, and why it refused the last one.
+    pub fn backlog(&self) -> (usize, Option<&str>) {
+        (self.unwritten.len(), self.failure.as_deref())
+    }
+
+    /// Gives `body` the next seq and appends it to the file (or, if the disk refuses,
+    /// keeps it in memory behind the others that wait). The event goes out either
+    /// way: the live subscribers must not miss it.
     pub fn append(&mut self, body: EventBody) -> Rc<Event> {
         let event = Event {
             seq: self.last_seq + 1,
@@ -79,18 +110,15 @@ impl EventLog {
         };
         // Serializing these plain structs cannot fail; an empty object is the fallback.
         let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
-        let mut line = Vec::with_capacity(json.len() + 1);
-        line.extend_from_slice(json.as_bytes());
-        line.push(b'\n');
-        if let Err(e) = self.file.write_all(&line) {
-            crate::log!(
-                "cannot append event {} to {}: {e}",
-                event.seq,
-                self.path.display()
-            );
-        }
         self.last_seq = event.seq;
-        if self.last_seq + 1 - self.first_seq >= COMPACT_AT {
+        self.unwritten.push_back(Stored { seq: event.seq, json });
+        if self.unwritten.len() > MAX_UNWRITTEN {
+            if let Some(dropped) = self.unwritten.pop_front() {
+                let first = self.lost.map_or(dropped.seq, |(first, _)| first);
+                self.lost = Some((first, dropped.seq));
+            }
+        }
+        if self.write_unwritten() && self.last_seq + 1 - self.first_seq >= COMPACT_AT {
             if let Err(e) = self.compact() {
                 crate::log!("event log compaction failed (the log keeps growing): {e}");
             }
@@ -98,26 +126,59 @@ impl EventLog {
         Rc::new(event)
     }
 
+    /// Writes what waits, in order. True when nothing waits any more.
+    pub fn write_unwritten(&mut self) -> bool {
+        while let Some(stored) = self.unwritten.front() {
+            let mut line = Vec::with_capacity(stored.json.len() + 1);
+            line.extend_from_slice(stored.json.as_bytes());
+            line.push(b'\n');
+            if let Err(e) = self.file.write_all(&line) {
+                // Never leave a torn line: cut back to the last whole one.
+                if let Err(cut) = self.file.set_len(self.good_len) {
+                    crate::log!("cannot cut a torn line off {}: {cut}", self.path.display());
+                }
+                if self.failure.is_none() {
+                    crate::log!(
+                        "cannot append event {} to {}: {e}; events wait in memory",
+                        stored.seq,
+                        self.path.display()
+                    );
+                }
+                self.failure = Some(format!("cannot write {}: {e}", self.path.display()));
+                return false;
+            }
+            self.good_len += line.len() as u64;
+            self.unwritten.pop_front();
+        }
+        if self.failure.take().is_some() {
+            crate::log!("{} is written again", self.path.display());
+        }
+        true
+    }
+
     /// Rewrites the file with only its newest KEEP_EVENTS events.
     fn compact(&mut self) -> io::Result<()> {
         let keep_from = self.last_seq + 1 - KEEP_EVENTS;
-        let kept = self.read_after(keep_from - 1)?;
+        let kept = self.read_file_after(keep_from - 1)?;
         let tmp = self.path.with_extension("jsonl.tmp");
+        let mut len = 0;
         {
             let mut out = io::BufWriter::new(File::create(&tmp)?);
             for stored in &kept {
                 out.write_all(stored.json.as_bytes())?;
                 out.write_all(b"\n")?;
+                len += stored.json.len() as u64 + 1;
             }
             out.flush()?;
         }
         fs::rename(&tmp, &self.path)?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.good_len = len;
         self.first_seq = keep_from;
         Ok(())
     }
 
-    /// Every event with seq > since, in order.
+    /// Every event with seq > since, in order, with no seq missing.
     pub fn replay(&self, since: u64) -> Result<Vec<Stored>, ReplayError> {
         if since >= self.last_seq {
             return Ok(Vec::new());
@@ -128,27 +189,55 @@ impl EventLog {
                 first_seq: self.first_seq,
             });
         }
-        self.read_after(since).map_err(ReplayError::Io)
+        let mut events = self.read_file_after(since).map_err(ReplayError::Io)?;
+        let waiting = self.unwritten.iter().filter(|s| s.seq > since);
+        events.extend(waiting.map(|s| Stored {
+            seq: s.seq,
+            json: s.json.clone(),
+        }));
+        let mut expected = since + 1;
+        for stored in &events {
+            if stored.seq != expected {
+                return Err(self.gap(expected));
+            }
+            expected += 1;
+        }
+        if expected != self.last_seq + 1 {
+            return Err(self.gap(expected));
+        }
+        Ok(events)
     }
 
-    fn read_after(&self, since: u64) -> io::Result<Vec<Stored>> {
+    fn gap(&self, missing: u64) -> ReplayError {
+        let detail = match self.lost {
+            Some((first, last)) if (first..=last).contains(&missing) => format!(
+                "events {first}..{last} could not be written to {} (the disk refused them) and were let go from memory",
+                self.path.display()
+            ),
+            _ => format!("{} does not hold event {missing}", self.path.display()),
+        };
+        ReplayError::Gap { missing, detail }
+    }
+
+    fn read_file_after(&self, since: u64) -> io::Result<Vec<Stored>> {
         #[derive(serde::Deserialize)]
         struct SeqOnly {
             seq: u64,
         }
-        let mut lines = Vec::new();
+        let mut events = Vec::new();
         for line in BufReader::new(File::open(&self.path)?).lines() {
             let line = line?;
             match serde_json::from_str::<SeqOnly>(&line) {
-                Ok(s) if s.seq > since => lines.push(Stored {
+                Ok(s) if s.seq > since => events.push(Stored {
                     seq: s.seq,
                     json: line,
                 }),
                 Ok(_) => {}
-                Err(e) => crate::log!("skipping a bad line in the event log: {e}"),
+                // Counted as a gap by replay, so not lost silently.
+                Err(e) => crate::log!("a bad line in the event log: {e}"),
             }
         }
-        Ok(lines)
+        Ok(events)
     }
 }
 
@@ -164,6 +253,10 @@ mod tests {
         (dir, log)
     }
 
+    fn seqs(events: &[Stored]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
     #[test]
     fn seqs_rise_by_one_and_replay_is_exact() {
         let (dir, mut log) = temp_log("replay");
@@ -171,9 +264,12 @@ mod tests {
             let p = log.append(EventBody::Created { pid });
             assert_eq!(p.seq, pid as u64);
         }
-        let after2: Vec<u64> = log.replay(2).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(after2, vec![3, 4, 5]);
+        assert_eq!(seqs(&log.replay(2).unwrap()), vec![3, 4, 5]);
         assert!(log.replay(5).unwrap().is_empty());
+        assert_eq!(
+            log.replay(0).unwrap()[0].event().unwrap().body,
+            EventBody::Created { pid: 1 }
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -198,14 +294,53 @@ mod tests {
             log.replay(first - 2),
             Err(ReplayError::Compacted { .. })
         ));
-        let seqs: Vec<u64> = log
-            .replay(log.last_seq() - 3)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
         let last = log.last_seq();
-        assert_eq!(seqs, vec![last - 2, last - 1, last]);
+        assert_eq!(
+            seqs(&log.replay(last - 3).unwrap()),
+            vec![last - 2, last - 1, last]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_write_waits_in_memory_and_leaves_no_torn_line() {
+        let (dir, mut log) = temp_log("refused");
+        log.append(EventBody::Paused {});
+        // A file that refuses writes: opened read-only behind the log's back.
+        log.file = File::open(dir.join("events.jsonl")).unwrap();
+        log.append(EventBody::Resumed {});
+        log.append(EventBody::Paused {});
+        assert_eq!(log.backlog().0, 2);
+        assert!(log.backlog().1.is_some());
+        // Replay serves file + memory, contiguous.
+        assert_eq!(seqs(&log.replay(0).unwrap()), vec![1, 2, 3]);
+        // The disk takes writes again: everything lands, in order.
+        log.file = OpenOptions::new()
+            .append(true)
+            .open(dir.join("events.jsonl"))
+            .unwrap();
+        assert!(log.write_unwritten());
+        let text = fs::read_to_string(dir.join("events.jsonl")).unwrap();
+        let on_disk: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap().seq)
+            .collect();
+        assert_eq!(on_disk, vec![1, 2, 3]);
+        assert_eq!(log.backlog(), (0, None));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_hole_in_the_file_is_a_gap_error() {
+        let (dir, mut log) = temp_log("gap");
+        for _ in 0..4 {
+            log.append(EventBody::Paused {});
+        }
+        let text = fs::read_to_string(dir.join("events.jsonl")).unwrap();
+        let without_2: Vec<&str> = text.lines().filter(|l| !l.contains("\"seq\":2,")).collect();
+        fs::write(dir.join("events.jsonl"), without_2.join("\n") + "\n").unwrap();
+        assert!(matches!(log.replay(0), Err(ReplayError::Gap { missing: 2, .. })));
+        assert_eq!(seqs(&log.replay(2).unwrap()), vec![3, 4]);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -183,6 +183,18 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Box<Re
     std::env::remove_var(SAVED_TUNABLES);
     let _ = std::env::set_current_dir(&dir.root);
     let socket = dir.socket();
+    if socket != dir.socket_link() {
+        // The state dir's path is too long for a socket: it lives in the short dir,
+        // and STATE_DIR/shim.sock points at it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(state_dir::SHORT_SOCKET_DIR)
+            .map_err(|e| format!("cannot make {}: {e}", state_dir::SHORT_SOCKET_DIR))?;
+        let _ = fs::remove_file(&socket);
+        std::os::unix::fs::symlink(&socket, dir.socket_link())
+            .map_err(|e| format!("cannot link {}: {e}", dir.socket_link().display()))?;
+    }
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))

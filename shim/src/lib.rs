@@ -16,4 +16,4 @@ pub mod reaper;
 pub mod runtime;
 pub mod spec;
 pub mod state_dir;
-mod sys;
+pub(crate) mod sys;

@@ -246,6 +246,7 @@ impl Reactor {
     }
 
     fn finish(&self, remove_state_dir: bool) {
+        let _ = std::fs::remove_file(self.dir.socket());
         if remove_state_dir {
             if let Err(e) = std::fs::remove_dir_all(&self.dir.root) {
                 crate::log!("cannot remove {}: {e}", self.dir.root.display());

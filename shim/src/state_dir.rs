@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_ROOT: &str = "/run/tether";
 const MAX_ID_LEN: usize = 128;
+/// The longest path a Unix socket can be bound or reached at (sun_path, with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Where sockets go whose path in the state dir would be too long (a long id, a deep
+/// state root): named by a hash of the state dir, so their length never grows.
+pub const SHORT_SOCKET_DIR: &str = "/run/tether/s";
 
 /// Container and exec ids: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 128 bytes, so an id
 /// is always one plain path component and a safe runc container id.
@@ -43,7 +48,15 @@ impl StateDir {
         fs::DirBuilder::new().mode(0o700).create(&self.root)
     }
 
+    /// The socket clients connect to: `STATE_DIR/shim.sock`, or, when that path is
+    /// too long for a socket, `/run/tether/s/HASH.sock` (and `STATE_DIR/shim.sock` is
+    /// a symlink to it).
     pub fn socket(&self) -> PathBuf {
+        self.fitting(self.root.join("shim.sock"), "")
+    }
+
+    /// `STATE_DIR/shim.sock`: the socket itself, or a symlink to it.
+    pub fn socket_link(&self) -> PathBuf {
         self.root.join("shim.sock")
     }
     pub fn shim_pid(&self) -> PathBuf {
@@ -74,14 +87,36 @@ impl StateDir {
     pub fn fifo(&self, process: &str, stream: &str) -> PathBuf {
         self.root.join(format!("{}-{stream}", file_stem(process)))
     }
+    /// Where the runtime sends a process's PTY master (short enough for a socket).
     pub fn console_socket(&self, process: &str) -> PathBuf {
-        self.root.join(format!("{}-console.sock", file_stem(process)))
+        let stem = file_stem(process);
+        self.fitting(self.root.join(format!("{stem}-console.sock")), &stem)
+    }
+
+    /// `preferred` if a socket can live there, else a short path that names the
+    /// state dir (and `what` in it) by hash.
+    fn fitting(&self, preferred: PathBuf, what: &str) -> PathBuf {
+        if preferred.as_os_str().len() <= MAX_SOCKET_PATH {
+            return preferred;
+        }
+        let mut name = format!("{:016x}", fnv1a(self.root.as_os_str().as_encoded_bytes()));
+        if !what.is_empty() {
+            name.push_str(&format!("-{:016x}", fnv1a(what.as_bytes())));
+        }
+        Path::new(SHORT_SOCKET_DIR).join(name + ".sock")
     }
     /// A file of one runtime invocation alone (`rt-7-create.log`, `rt-9-ps.out`,
     /// `rt-12-exec.json`): its log, input or output, removed when it ends.
     pub fn scratch(&self, n: u64, sub: &str, ext: &str) -> PathBuf {
         self.root.join(format!("rt-{n}-{sub}.{ext}"))
     }
+}
+
+/// FNV-1a, 64 bits: a short, stable name for a long path.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// `init` stays `init`; exec ids are prefixed so none can collide with the shim's files.
@@ -93,24 +128,30 @@ fn file_stem(process: &str) -> String {
     }
 }
 
-/// A file to be written atomically later, whose temp file is made now: an exit
-/// record is prepared when its process starts, so writing it at exit is one write and
-/// one rename (about 25 us on ext4 instead of 80: exits are on the latency path).
+/// A file to be written atomically later, whose temp file is made now, with its
+/// space already taken. An exit record is prepared when its process starts, so that
+/// at exit it is one write and one rename (about 25 us on ext4 instead of 80: exits
+/// are on the latency path), and so that it can still be written when the disk has
+/// filled up meanwhile (it overwrites space it already holds).
 pub struct PreparedFile {
     path: PathBuf,
     tmp: PathBuf,
     file: fs::File,
 }
 
+/// Bytes reserved in a prepared file: an exit record is about 200.
+const PREPARED_RESERVE: usize = 1024;
+
 impl PreparedFile {
     pub fn create(path: &Path) -> io::Result<PreparedFile> {
         let tmp = path.with_extension("tmp");
-        let file = fs::OpenOptions::new()
+        let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        file.write_all(&[b' '; PREPARED_RESERVE])?;
         Ok(PreparedFile {
             path: path.to_path_buf(),
             tmp,
@@ -118,9 +159,11 @@ impl PreparedFile {
         })
     }
 
-    /// Writes `bytes` and renames the file into place.
-    pub fn commit(mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+    /// Writes `bytes` over the reserved space and renames the file into place.
+    pub fn commit(self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, 0)?;
+        self.file.set_len(bytes.len() as u64)?;
         fs::rename(&self.tmp, &self.path)
     }
 
@@ -133,7 +176,15 @@ impl PreparedFile {
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never
 /// a part: write a temp file beside it, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    PreparedFile::create(path)?.commit(bytes)
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -146,6 +197,23 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"x".repeat(129)] {
             assert!(validate_id("id", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn socket_paths_never_outgrow_a_socket() {
+        let short = StateDir::new(PathBuf::from("/run/tether/web1"));
+        assert_eq!(short.socket(), PathBuf::from("/run/tether/web1/shim.sock"));
+        let long = StateDir::new(Path::new("/run/tether").join("x".repeat(128)));
+        let sock = long.socket();
+        assert!(sock.as_os_str().len() <= MAX_SOCKET_PATH, "{}", sock.display());
+        assert!(sock.starts_with(SHORT_SOCKET_DIR));
+        let console = long.console_socket(&"e".repeat(128));
+        assert!(console.as_os_str().len() <= MAX_SOCKET_PATH);
+        assert_ne!(console, long.console_socket("init"));
+        assert_ne!(
+            sock,
+            StateDir::new(Path::new("/run/tether").join("y".repeat(128))).socket()
+        );
     }
 
     #[test]

@@ -57,3 +57,11 @@ pub fn discard_dead_stack(low: usize, high: usize) {
     // SAFETY: per the caller's guarantee, the range holds no live data.
     unsafe { libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED) };
 }
+
+/// FIONREAD: bytes waiting to be read in a pipe or FIFO.
+pub fn bytes_queued(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, which lives on our stack.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
+}

@@ -66,6 +66,8 @@ pub enum ErrorKind {
     StdioFailed,
     /// A replay asked for events that are no longer kept.
     EventsCompacted,
+    /// The event log does not hold every event of the range asked for.
+    EventsMissing,
     /// A bound was reached (pending calls of one client...).
     LimitExceeded,
     ShuttingDown,

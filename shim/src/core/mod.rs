@@ -16,6 +16,8 @@ mod ordering;
 mod outbox;
 mod process;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 pub use api::*;
@@ -165,6 +167,10 @@ impl Core {
                     log.last_seq()
                 ),
             )),
+            Err(ReplayError::Gap { missing, detail }) => Err(err(
+                ErrorKind::EventsMissing,
+                format!("cannot replay after {since}: event {missing} is missing: {detail}"),
+            )),
             Err(ReplayError::Io(e)) => Err(err(
                 ErrorKind::Internal,
                 format!("cannot read the event log: {e}"),
@@ -270,14 +276,22 @@ impl Core {
         }
     }
 
-    /// When the loop must wake up next for the core.
+    /// When the loop must wake up next for the core: an exit's output grace, a drop
+    /// report, a retry of writes the disk refused.
     pub fn next_deadline(&self) -> Option<Instant> {
         ordering::next_deadline(self.processes())
+            .into_iter()
+            .chain(self.out.next_retry())
+            .min()
     }
 
     #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_tick(&mut self, io: &mut Io<'_>) {
-        if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        let now = Instant::now();
+        if self.out.next_retry().is_some_and(|d| d <= now) {
+            self.out.retry();
+        }
+        if ordering::next_deadline(self.processes()).is_some_and(|d| d <= now) {
             self.try_publish(io);
         }
     }

@@ -53,30 +53,39 @@ pub fn execs_settled<'a>(mut execs: impl Iterator<Item = &'a Process>) -> bool {
     execs.all(|e| e.is_published())
 }
 
-/// The earliest grace deadline among exits still waiting for their output.
+/// The earliest grace deadline among exits still waiting for their output, or drop
+/// report due.
 pub fn next_deadline<'a>(procs: impl Iterator<Item = &'a Process>) -> Option<Instant> {
     procs
-        .filter(|p| p.exit_unblocked_by_start())
-        .filter_map(|p| p.exit_reaped_at().map(|t| t + OUTPUT_GRACE))
+        .flat_map(|p| {
+            let grace = p
+                .exit_reaped_at()
+                .filter(|_| p.exit_unblocked_by_start())
+                .map(|t| t + OUTPUT_GRACE);
+            grace.into_iter().chain(p.io.report_due())
+        })
         .min()
 }
 
 impl Core {
-    /// Publishes every exit whose ordering rules are now met, then finishes a
-    /// `delete` that waited for init's exit.
+    /// Publishes what is due: drop reports, every exit whose ordering rules are now
+    /// met; then finishes a `delete` that waited for init's exit.
     pub(super) fn try_publish(&mut self, io: &mut Io<'_>) {
+        let now = Instant::now();
+        for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
+            report_drops(proc, now, false, &mut self.out);
+        }
         if self.processes().any(|p| p.exit_reaped_at().is_some()) {
             // An OOM kill is published before the exit it caused: look once more
             // now, the cgroup may be gone by the time its notification is read.
             self.check_oom();
         }
-        let now = Instant::now();
         for exec in self.execs.values_mut() {
-            publish_if_ready(exec, now, &mut self.oom, &mut self.out);
+            publish_if_ready(exec, now, &mut self.oom, &mut self.out, io);
         }
         if execs_settled(self.execs.values()) {
             if let Some(init) = self.init.as_mut() {
-                publish_if_ready(init, now, &mut self.oom, &mut self.out);
+                publish_if_ready(init, now, &mut self.oom, &mut self.out, io);
             }
         }
         self.maybe_finish_delete(io);
@@ -88,6 +97,7 @@ fn publish_if_ready(
     now: Instant,
     oom: &mut super::oom::OomWatch,
     out: &mut super::outbox::Outbox,
+    io: &mut Io<'_>,
 ) {
     match verdict(proc, now) {
         Verdict::Nothing | Verdict::AwaitStart | Verdict::AwaitOutput => return,
@@ -100,5 +110,21 @@ fn publish_if_ready(
     if oom.claim(proc.exit_status()) {
         proc.mark_oom_killed();
     }
+    // What its output lost is told before its exit.
+    report_drops(proc, now, true, out);
     out.publish_exit(proc);
+    proc.io.release_after_exit(io);
+}
+
+/// `output_dropped` for each stream of `proc` whose report is due.
+fn report_drops(proc: &mut Process, now: Instant, force: bool, out: &mut super::outbox::Outbox) {
+    for r in proc.io.take_drop_reports(now, force) {
+        out.publish(tether_protocol::EventBody::OutputDropped {
+            process: proc.name.clone(),
+            stream: r.stream.name().to_string(),
+            bytes: r.bytes,
+            total: r.total,
+            error: r.error,
+        });
+    }
 }

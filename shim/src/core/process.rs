@@ -128,6 +128,7 @@ impl Process {
             terminal: self.terminal,
             stdio: self.io.paths.clone(),
             exit: self.published_exit().cloned(),
+            output_dropped_bytes: self.io.dropped_total(),
         }
     }
 

@@ -3,34 +3,13 @@
 //! pid_max, so a signal the core sends can reach no real process); the tests write
 //! pid files and feed reaped exits in the orders that matter.
 
+use super::testing::{fake_core, Recorded};
 use super::*;
 use crate::reactor::Routes;
-use crate::runtime::RuntimeStdio;
 use mio::Poll;
-use std::cell::RefCell;
 use std::fs;
 use std::path::Path;
-use std::rc::Rc;
 use tether_protocol::{ContainerStatus, CreateParams, DeleteParams, EventBody, ExecParams, ProcessParams};
-
-const FIRST_FAKE_PID: i32 = 90_000_000;
-
-/// Each spawn: the pid handed out and the argv.
-type Spawned = Vec<(i32, Vec<String>)>;
-
-#[derive(Clone, Default)]
-struct Recorded(Rc<RefCell<Spawned>>);
-
-struct FakeRuntime(Recorded);
-
-impl Spawn for FakeRuntime {
-    fn spawn(&mut self, argv: &[String], _io: RuntimeStdio) -> std::io::Result<i32> {
-        let mut calls = self.0 .0.borrow_mut();
-        let pid = FIRST_FAKE_PID + calls.len() as i32;
-        calls.push((pid, argv.to_vec()));
-        Ok(pid)
-    }
-}
 
 /// What came out, in order, as short strings: `created`, `exit init 137 oom`,
 /// `reply 3 ok`, `reply 4 wrong_state`.
@@ -67,26 +46,7 @@ struct Harness {
 impl Harness {
     fn new(name: &str) -> Harness {
         let dir = std::env::temp_dir().join(format!("tether-core-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("bundle/rootfs")).unwrap();
-        fs::create_dir_all(dir.join("state")).unwrap();
-        fs::write(
-            dir.join("bundle/config.json"),
-            r#"{"root":{"path":"rootfs"},"process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
-        )
-        .unwrap();
-        let calls = Recorded::default();
-        let core = Core::with_spawner(
-            "c1".into(),
-            dir.join("bundle"),
-            Runtime {
-                path: "fake-runc".into(),
-                ..Default::default()
-            },
-            StateDir::new(dir.join("state")),
-            Box::new(FakeRuntime(calls.clone())),
-        )
-        .unwrap();
+        let (core, calls) = fake_core(&dir);
         Harness {
             core,
             poll: Poll::new().unwrap(),

@@ -11,8 +11,9 @@ pub use wiring::setup;
 use console::ConsoleSocket;
 use host_end::HostEnd;
 use mio::Token;
-use relay::Relay;
+use relay::{DropReport, Relay};
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 use tether_protocol::StdioPaths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,22 @@ impl ProcessIo {
                 .relays
                 .iter()
                 .all(|r| r.stream == Stream::Stdin || r.is_done())
+    }
+
+    /// Output dropped since the last report, per stream (`force`: report now).
+    pub fn take_drop_reports(&mut self, now: Instant, force: bool) -> Vec<DropReport> {
+        self.relays
+            .iter_mut()
+            .filter_map(|r| r.take_drop_report(now, force))
+            .collect()
+    }
+
+    pub fn report_due(&self) -> Option<Instant> {
+        self.relays.iter().filter_map(|r| r.report_due()).min()
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.relays.iter().map(|r| r.dropped_total()).sum()
     }
 
     pub fn owns(&self, token: Token) -> bool {

@@ -202,6 +202,25 @@ impl ProcessIo {
         }
     }
 
+    /// The process has exited and its exit is out: what it no longer needs goes (its
+    /// stdin, the PTY master, FIFO keepalives with nothing unread behind them). Output
+    /// still flowing (a child that outlived it holds the pipe) keeps its relay.
+    pub fn release_after_exit(&mut self, io: &mut Io<'_>) {
+        for relay in self.relays.iter_mut() {
+            if relay.stream == Stream::Stdin {
+                relay.release(io);
+            } else {
+                relay.release_keepalive_if_drained();
+            }
+        }
+        self.relays.retain(|r| r.stream != Stream::Stdin);
+        if let Some(console) = self.console.take() {
+            console.close(io);
+        }
+        self.pending_ends.clear();
+        self.master = None;
+    }
+
     /// Frees every fd (the process is being deleted, or the shim exits).
     pub fn release(&mut self, io: &mut Io<'_>) {
         for relay in &mut self.relays {

@@ -72,6 +72,7 @@ impl Core {
             return Err(self.no_such_process(name));
         };
         proc.io.release(io);
+        self.out.forget_record(&self.dir.exit_record(name));
         self.remove_exec_files(name);
         Ok(Answer::Deleted(proc.published_exit().cloned()))
     }

@@ -19,6 +19,7 @@ impl Core {
             status: self.status(),
             last_seq: events.last_seq(),
             first_seq: events.first_seq(),
+            state_dir: self.out.health(),
         }
     }
 
@@ -49,12 +50,17 @@ impl Core {
             status: self.status(),
             pid: self.init.as_ref().and_then(|i| i.pid()),
             processes: self.processes().map(|p| p.state()).collect(),
+            state_dir: self.out.health(),
         }))
     }
 
     pub(in crate::core) fn stats(&self) -> CallResult {
         match &self.oom.cgroup {
-            Some(cg) if !self.deleted => Ok(Answer::Stats(cg.stats())),
+            Some(cg) if !self.deleted => {
+                let mut stats = cg.stats();
+                stats.output_dropped_bytes = self.processes().map(|p| p.io.dropped_total()).sum();
+                Ok(Answer::Stats(stats))
+            }
             _ => Err(err(
                 ErrorKind::WrongState,
                 format!("container {} has no cgroup yet", self.id),

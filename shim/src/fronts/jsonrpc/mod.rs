@@ -7,6 +7,8 @@
 //! calls per client wait for an answer; a closed connection releases all it held.
 
 mod conn;
+#[cfg(test)]
+mod fuzz;
 mod request;
 
 use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
@@ -61,7 +63,7 @@ impl JsonRpc {
 
     #[inline(never)] // keeps its locals out of the idle loop's frame
     fn accept(&mut self, io: &mut Io<'_>) {
-        self.accept_retry = None;
+        let retrying = self.accept_retry.take().is_some();
         let Some((listener, _)) = self.listener.as_ref() else {
             return;
         };
@@ -85,7 +87,9 @@ impl JsonRpc {
                 Err(e) => {
                     // EMFILE and friends: the clients queued now would wait for a
                     // readiness that only another connection brings. Retry soon.
-                    crate::log!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    if !retrying {
+                        crate::log!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
+                    }
                     self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
@@ -365,6 +369,7 @@ fn rpc_error(e: &core::CoreError) -> RpcError {
         K::InvalidBundle => ErrorKind::InvalidBundle,
         K::StdioFailed => ErrorKind::StdioFailed,
         K::EventsCompacted => ErrorKind::EventsCompacted,
+        K::EventsMissing => ErrorKind::EventsMissing,
         K::LimitExceeded => ErrorKind::LimitExceeded,
         K::ShuttingDown => ErrorKind::ShuttingDown,
         K::Internal => ErrorKind::Internal,
