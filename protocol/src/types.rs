@@ -124,6 +124,8 @@ pub enum EventBody {
     OutputDropped {
         process: String,
         stream: String,
+        /// `file` (the stdout/stderr target) or `log` (the CRI log).
+        sink: String,
         bytes: u64,
         total: u64,
         error: String,
@@ -157,6 +159,66 @@ pub struct StdioPaths {
     pub stdin: Option<String>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    /// The CRI log, if the process has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// The attach socket, if the process has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<String>,
+}
+
+/// A CRI log for a process's output (`create` and `exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// Absolute path of the log file; made if missing, appended to if not.
+    pub path: String,
+    /// Longer lines are split into `P` records of this size (default 16384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line: Option<usize>,
+    /// Built-in rotation at this size in bytes (absent or 0: none; kubelet rotates
+    /// by renaming the file and calling `reopen_log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// Files kept by built-in rotation, the live one included (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
+}
+
+/// `exec` that answers with the process's output (kubelet's exec probes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureParams {
+    /// Kill the process (SIGKILL) if it runs longer; absent: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Bytes kept per stream (default 16 MiB, as CRI-O and containerd); the rest is
+    /// drained and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer to an `exec` with `capture`: its exit and its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureResult {
+    pub exec_id: String,
+    #[serde(flatten)]
+    pub exit: ExitRecord,
+    pub timed_out: bool,
+    /// The output as text; when it is not UTF-8, `stdout_base64` holds it instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
+    /// More than `limit` bytes were written: the rest was dropped.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +264,13 @@ pub struct CreateParams {
     /// (`runc restore --detach`): it is running when `create` answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<RestoreParams>,
+    /// Write the output to a CRI log as well (or instead: with a log, a stream left
+    /// out gets no FIFO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogParams>,
+    /// Make an attach socket for the process (conmon's wire).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attach: bool,
 }
 
 /// CRIU options shared by checkpoint and restore.
@@ -260,6 +329,15 @@ impl CheckpointParams {
         }
     }
 }
+
+/// `attach`: where a process's attach socket is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachResult {
+    pub path: String,
+}
+
+/// `reopen_log`: the process whose CRI log to reopen (default init).
+pub type ReopenLogParams = ProcessParams;
 
 /// `update`: an OCI `linux.resources` object (memory, cpu, pids, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +418,21 @@ pub struct ExecParams {
     pub stdout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogParams>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attach: bool,
+    /// Answer only when the process has exited, with its output (and kill it past
+    /// the deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureParams>,
+}
+
+impl ExecParams {
+    /// Bytes kept per stream of a captured exec.
+    pub fn capture_limit(&self) -> usize {
+        self.capture.as_ref().and_then(|c| c.limit).unwrap_or(16 << 20)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,6 +93,16 @@ impl StateDir {
         self.fitting(self.root.join(format!("{stem}-console.sock")), &stem)
     }
 
+    /// A process's attach socket: `attach` for init (conmon's name), `exec-ID-attach`.
+    pub fn attach_socket(&self, process: &str) -> PathBuf {
+        let name = if process == tether_protocol::INIT_PROCESS {
+            "attach".to_string()
+        } else {
+            format!("{}-attach", file_stem(process))
+        };
+        self.fitting(self.root.join(&name), &name)
+    }
+
     /// `preferred` if a socket can live there, else a short path that names the
     /// state dir (and `what` in it) by hash.
     fn fitting(&self, preferred: PathBuf, what: &str) -> PathBuf {

@@ -65,3 +65,11 @@ pub fn bytes_queued(fd: RawFd) -> Option<usize> {
     let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
     (r == 0).then_some(n.max(0) as usize)
 }
+
+/// accept4(2), non-blocking and close-on-exec, owning the new descriptor.
+pub fn accept_owned(listener: RawFd) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{accept4, SockFlag};
+    let fd = accept4(listener, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 just made this descriptor and nothing else holds it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -131,6 +131,11 @@ impl BundleSpec {
         }
     }
 
+    pub fn args(mut self, args: Vec<String>) -> Self {
+        self.args = args;
+        self
+    }
+
     pub fn terminal(mut self, on: bool) -> Self {
         self.terminal = on;
         self
@@ -470,4 +475,106 @@ pub fn fd_count(pid: i32) -> usize {
 /// Lines the soak test's exec K prints (`seq 1 N`): varied, up to ~300 kB.
 pub fn soak_lines_of(k: u64) -> u64 {
     1000 + (k * 7919) % 50_000
+}
+
+/// busybox awk that writes about `bytes` of lines of 0 to 100 KiB (each `i:` and a
+/// run of letters), every third line to stderr; [`MixedOutput`] computes the same.
+pub fn mixed_output_args(bytes: u64) -> Vec<String> {
+    let script = format!(
+        "BEGIN{{s=\"abcdefghijklmnopqrstuvwxyz0123456789\"; while(length(s)<110000) s=s s; total=0; \
+         for(i=0; total<{bytes}; i++){{len=(i*7919)%102400; line=i \":\" substr(s,1,len); \
+         if(i%3==0){{print line > \"/dev/stderr\"}} else {{print line}}; total+=length(line)+1}}}}"
+    );
+    vec!["awk".to_string(), script]
+}
+
+/// Length and FNV-1a of one stream, fed as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSum {
+    pub len: u64,
+    pub hash: u64,
+}
+
+impl Default for StreamSum {
+    fn default() -> Self {
+        StreamSum {
+            len: 0,
+            hash: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+}
+
+impl StreamSum {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        for b in bytes {
+            self.hash = (self.hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// What [`mixed_output_args`] writes: (stdout, stderr).
+pub fn mixed_output_sums(bytes: u64) -> (StreamSum, StreamSum) {
+    let mut s = String::from("abcdefghijklmnopqrstuvwxyz0123456789");
+    while s.len() < 110_000 {
+        s = s.clone() + &s;
+    }
+    let (mut out, mut err) = (StreamSum::default(), StreamSum::default());
+    let mut total = 0u64;
+    let mut i = 0u64;
+    while total < bytes {
+        let len = ((i * 7919) % 102_400) as usize;
+        let line = format!("{i}:{}\n", &s[..len]);
+        if i.is_multiple_of(3) {
+            err.feed(line.as_bytes());
+        } else {
+            out.feed(line.as_bytes());
+        }
+        total += line.len() as u64;
+        i += 1;
+    }
+    (out, err)
+}
+
+/// Reads CRI log files in order and rejoins each stream: a `P` record's content
+/// goes on in the next record of its stream, an `F` record ends a line. Returns
+/// (stdout, stderr, records seen).
+pub fn rejoin_cri_logs(files: &[PathBuf]) -> (StreamSum, StreamSum, u64) {
+    let (mut out, mut err) = (StreamSum::default(), StreamSum::default());
+    let mut records = 0;
+    for file in files {
+        let bytes = fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for rec in bytes.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            records += 1;
+            let mut parts = rec.splitn(4, |b| *b == b' ');
+            let (Some(_ts), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+                panic!(
+                    "bad record in {}: {:?}",
+                    file.display(),
+                    String::from_utf8_lossy(rec)
+                );
+            };
+            let content = parts.next().unwrap_or(b"");
+            let sum = match stream {
+                b"stdout" => &mut out,
+                b"stderr" => &mut err,
+                other => panic!(
+                    "bad stream {:?} in {}",
+                    String::from_utf8_lossy(other),
+                    file.display()
+                ),
+            };
+            sum.feed(content);
+            match tag {
+                b"F" => sum.feed(b"\n"),
+                b"P" => {}
+                other => panic!(
+                    "bad tag {:?} in {}",
+                    String::from_utf8_lossy(other),
+                    file.display()
+                ),
+            }
+        }
+    }
+    (out, err, records)
 }

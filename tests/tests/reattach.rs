@@ -179,6 +179,7 @@ fn ten_thousand_events_later_the_log_is_bounded_and_replay_works() {
                 stdout: Some("/dev/null".into()),
                 stderr: Some("/dev/null".into()),
                 stdin: Some("/dev/null".into()),
+                ..Default::default()
             };
             c.exec(&p).unwrap();
         }

@@ -23,6 +23,9 @@ container:
   resize [--process P] ROWS COLS
   close-stdin [PROCESS]
   events [--since N]                                       follow events (replay after N)
+  logs [-f] [--since RFC3339] [--path FILE | PROCESS]      a CRI log, across rotations
+  attach [PROCESS]                                         attach to output (and stdin)
+  reopen-log [PROCESS]                                     after renaming the log away
   delete [--force] [--process P]
   pause | resume | stats
   update [--memory BYTES] [--cpu-shares N] [--cpu-quota N] [--cpu-period N] [--pids N]
@@ -158,6 +161,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             )
         }
         "close-stdin" => print_call(&g, "close_stdin", process_param(a.first())),
+        "reopen-log" => print_call(&g, "reopen_log", process_param(a.first())),
         "delete" => {
             let (process, rest) = take_process_flag(&a);
             let force = rest.iter().any(|x| *x == "--force");
@@ -204,6 +208,8 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             print_call(&g, method, params)
         }
         "exec" => exec(&g, &a),
+        "logs" => logs(&g, &a),
+        "attach" => attach(&g, &a),
         "run" => run_container(&a),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
@@ -577,5 +583,203 @@ fn run_container(a: &[String]) -> Result<i32, String> {
             break;
         }
     }
+    Ok(exit.status.unwrap_or(255))
+}
+
+/// `logs [-f] [--since TS] [--path FILE | PROCESS]`: the process's CRI log, its rotated
+/// files (log.N ... log.1) first, each stream to its own output; `-f` follows the log
+/// through rotations.
+fn logs(g: &Global, a: &[String]) -> Result<i32, String> {
+    let (mut follow, mut since, mut path, mut process) = (false, None, None, None);
+    let mut it = a.iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-f" | "--follow" => follow = true,
+            "--since" => since = Some(it.next().ok_or("--since needs an RFC 3339 time")?.clone()),
+            "--path" => path = Some(PathBuf::from(it.next().ok_or("--path needs a file")?)),
+            p => process = Some(p.to_string()),
+        }
+    }
+    let path = match path {
+        Some(p) => p,
+        None => {
+            let mut c = g.client()?;
+            let st: ProcessState = c
+                .call("state", &process_param(process.as_ref()))
+                .map_err(|e| e.to_string())?;
+            PathBuf::from(st.stdio.log.ok_or("the process has no log")?)
+        }
+    };
+    let mut files = rotated_logs(&path);
+    files.push(path.clone());
+    let mut out = LogPrinter { since };
+    for f in &files[..files.len() - 1] {
+        let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        out.print(&bytes);
+    }
+    // The live file: read to its end; with -f, keep reading, and move on to the new
+    // file when the log is rotated or reopened.
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut pending = Vec::new();
+    loop {
+        let mut chunk = Vec::new();
+        file.read_to_end(&mut chunk).map_err(|e| e.to_string())?;
+        pending.extend_from_slice(&chunk);
+        let whole = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        out.print(&pending[..whole]);
+        pending.drain(..whole);
+        if !follow {
+            out.print(&pending);
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let moved = std::fs::metadata(&path)
+            .ok()
+            .zip(file.metadata().ok())
+            .is_some_and(|(now, open)| {
+                use std::os::unix::fs::MetadataExt;
+                now.ino() != open.ino()
+            });
+        if moved {
+            let mut rest = Vec::new();
+            file.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            pending.extend_from_slice(&rest);
+            file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+}
+
+/// `path.N` ... `path.1`, oldest first.
+fn rotated_logs(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let p = e.ok()?.path();
+                let n = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_prefix(name)?
+                    .strip_prefix('.')?
+                    .parse()
+                    .ok()?;
+                Some((n, p))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    numbered.sort_by(|a, b| b.0.cmp(&a.0));
+    numbered.into_iter().map(|(_, p)| p).collect()
+}
+
+/// CRI records -> each stream's bytes: a `P` record's line goes on, `F` ends it.
+struct LogPrinter {
+    since: Option<String>,
+}
+
+impl LogPrinter {
+    fn print(&mut self, bytes: &[u8]) {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for rec in bytes.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            let mut parts = rec.splitn(4, |b| *b == b' ');
+            let (Some(ts), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if self.since.as_deref().is_some_and(|s| ts < s.as_bytes()) {
+                continue;
+            }
+            let w: &mut dyn Write = if stream == b"stderr" { &mut err } else { &mut out };
+            let _ = w.write_all(parts.next().unwrap_or(b""));
+            if tag == b"F" {
+                let _ = w.write_all(b"\n");
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// `attach [PROCESS]`: the process's output (stream byte 2 -> stdout, 3 -> stderr) and
+/// our stdin to it, over its SEQPACKET attach socket; with a terminal, raw mode and
+/// size forwarding. At our stdin's end the process's stdin is closed. Exits with the
+/// process's status.
+fn attach(g: &Global, a: &[String]) -> Result<i32, String> {
+    use nix::sys::socket::{
+        connect, recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let process = a.first().cloned().unwrap_or_else(|| INIT_PROCESS.to_string());
+    let socket_path = g.socket()?;
+    let mut c = Client::connect(&socket_path).map_err(|e| e.to_string())?;
+    let path = c
+        .call_value("attach", json!({"process": process}))
+        .map_err(|e| e.to_string())?["path"]
+        .as_str()
+        .ok_or("attach answered without a path")?
+        .to_string();
+    let st: ProcessState = c
+        .call("state", &json!({"process": process}))
+        .map_err(|e| e.to_string())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = UnixAddr::new(path.as_str()).map_err(|e| format!("{path}: {e}"))?;
+    connect(fd.as_raw_fd(), &addr).map_err(|e| format!("connect {path}: {e}"))?;
+    let raw = if st.terminal { RawMode::enter() } else { None };
+    if st.terminal {
+        if let Some((rows, cols)) = window_size() {
+            let _ = c.call_value("resize", json!({"process": process, "rows": rows, "cols": cols}));
+        }
+        watch_window_size(socket_path.clone(), process.clone());
+    }
+    let input = fd.try_clone().map_err(|e| e.to_string())?;
+    let (sock, proc_name) = (socket_path.clone(), process.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if send(input.as_raw_fd(), &buf[..n], MsgFlags::empty()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Ok(mut c) = Client::connect(&sock) {
+            let _ = c.call_value("close_stdin", json!({"process": proc_name}));
+        }
+    });
+    let mut buf = vec![0u8; 8193];
+    let mut why = None;
+    loop {
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let payload = &buf[1..n];
+        match buf[0] {
+            2 => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(payload).and_then(|_| out.flush());
+            }
+            3 => {
+                let _ = std::io::stderr().write_all(payload);
+            }
+            4 => why = Some(String::from_utf8_lossy(payload).into_owned()),
+            _ => {}
+        }
+    }
+    drop(raw);
+    if let Some(why) = why {
+        return Err(format!("the shim detached us: {why}"));
+    }
+    let exit = c.wait(Some(&process)).map_err(|e| e.to_string())?;
     Ok(exit.status.unwrap_or(255))
 }

@@ -31,6 +31,8 @@ pub enum Call {
     Stats,
     Update(UpdateParams),
     Checkpoint(CheckpointParams),
+    ReopenLog(ReopenLogParams),
+    Attach(ProcessParams),
 }
 
 /// `{}`.
@@ -44,6 +46,8 @@ pub enum Answer {
     Created(CreateResult),
     Pid(PidResult),
     Exec(ExecResult),
+    Captured(CaptureResult),
+    Attach(AttachResult),
     Exit(ExitRecord),
     Container(ContainerState),
     Process(ProcessState),

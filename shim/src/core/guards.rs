@@ -206,13 +206,13 @@ impl Core {
 impl Core {
     /// Output and input targets may not be the shim's own files: a client that named
     /// `events.jsonl` as stdout would corrupt the event log.
-    pub(super) fn check_stdio_targets(&self, specs: [&Option<String>; 3]) -> Result<(), CoreError> {
+    pub(super) fn check_stdio_targets(&self, specs: [&Option<String>; 4]) -> Result<(), CoreError> {
         let root = self
             .dir
             .root
             .canonicalize()
             .unwrap_or_else(|_| self.dir.root.clone());
-        for (stream, spec) in ["stdin", "stdout", "stderr"].into_iter().zip(specs) {
+        for (stream, spec) in ["stdin", "stdout", "stderr", "log"].into_iter().zip(specs) {
             let Some(path) = spec
                 .as_deref()
                 .filter(|p| p.starts_with('/') && *p != "/dev/null")

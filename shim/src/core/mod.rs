@@ -137,6 +137,8 @@ impl Core {
             Call::Stats => Reply::Now(self.stats()),
             Call::Update(p) => self.update(ticket, p),
             Call::Checkpoint(p) => self.checkpoint(ticket, p),
+            Call::ReopenLog(p) => Reply::Now(self.reopen_log(p)),
+            Call::Attach(p) => Reply::Now(self.attach(p, io)),
         }
     }
 
@@ -144,6 +146,10 @@ impl Core {
     /// A runtime call in flight runs on (its answer is dropped by the front).
     pub fn cancel(&mut self, ticket: Ticket) {
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
+            if let Some(capture) = proc.capture.as_mut().filter(|c| c.ticket == Some(ticket)) {
+                capture.ticket = None;
+                return;
+            }
             if proc.cancel_waiter(ticket) {
                 return;
             }
@@ -282,6 +288,7 @@ impl Core {
         ordering::next_deadline(self.processes())
             .into_iter()
             .chain(self.out.next_retry())
+            .chain(self.next_capture_deadline())
             .min()
     }
 
@@ -290,6 +297,9 @@ impl Core {
         let now = Instant::now();
         if self.out.next_retry().is_some_and(|d| d <= now) {
             self.out.retry();
+        }
+        if self.next_capture_deadline().is_some_and(|d| d <= now) {
+            self.kill_overdue_captures(now);
         }
         if ordering::next_deadline(self.processes()).is_some_and(|d| d <= now) {
             self.try_publish(io);

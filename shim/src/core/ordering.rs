@@ -113,15 +113,22 @@ fn publish_if_ready(
     // What its output lost is told before its exit.
     report_drops(proc, now, true, out);
     out.publish_exit(proc);
+    if let Some(capture) = proc.capture.take() {
+        if let (Some(ticket), Some(record)) = (capture.ticket, proc.published_exit().cloned()) {
+            let answer = super::ops::exec::capture_answer(proc, &record, capture.timed_out);
+            out.reply(ticket, Ok(answer));
+        }
+    }
     proc.io.release_after_exit(io);
 }
 
 /// `output_dropped` for each stream of `proc` whose report is due.
 fn report_drops(proc: &mut Process, now: Instant, force: bool, out: &mut super::outbox::Outbox) {
-    for r in proc.io.take_drop_reports(now, force) {
+    for (stream, sink, r) in proc.io.take_drop_reports(now, force) {
         out.publish(tether_protocol::EventBody::OutputDropped {
             process: proc.name.clone(),
-            stream: r.stream.name().to_string(),
+            stream: stream.name().to_string(),
+            sink: sink.to_string(),
             bytes: r.bytes,
             total: r.total,
             error: r.error,

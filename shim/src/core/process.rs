@@ -49,6 +49,16 @@ pub enum Life {
     },
 }
 
+/// An `exec` with `capture`: answered at its exit, with its output.
+#[derive(Debug, Default)]
+pub struct CaptureWait {
+    /// The exec call to answer (set once its runtime call has returned).
+    pub ticket: Option<Ticket>,
+    /// Past this, the process is killed.
+    pub deadline: Option<Instant>,
+    pub timed_out: bool,
+}
+
 pub struct Process {
     /// `init` or the exec id.
     pub name: String,
@@ -59,6 +69,7 @@ pub struct Process {
     waiters: Vec<Ticket>,
     /// Where its exit record goes, prepared once its pid is known.
     pub exit_file: Option<PreparedFile>,
+    pub capture: Option<CaptureWait>,
 }
 
 impl Process {
@@ -70,6 +81,7 @@ impl Process {
             io: ProcessIo::default(),
             waiters: Vec::new(),
             exit_file: None,
+            capture: None,
         }
     }
 

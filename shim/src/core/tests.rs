@@ -119,6 +119,7 @@ impl Harness {
             stdin: Some("/dev/null".into()),
             stdout: Some("/dev/null".into()),
             stderr: Some("/dev/null".into()),
+            ..Default::default()
         }))
     }
 }

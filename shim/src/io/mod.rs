@@ -1,17 +1,27 @@
 //! Stdio of container processes: the host ends the client chose, the pipes or PTY
-//! the process gets, and the relays between them.
+//! the process gets, and what moves the bytes between them: a splice relay when an
+//! output has exactly one plain target (a FIFO or a file), a fan-out when it goes to
+//! several sinks (the CRI log, attach clients, a capture, the plain target).
 
+pub mod attach;
 pub mod console;
+pub mod cri_log;
+pub mod drops;
+pub mod fanout;
 pub mod host_end;
 pub mod relay;
 mod wiring;
 
-pub use wiring::setup;
+pub use wiring::{setup, StdioSpec};
 
+use attach::AttachHub;
 use console::ConsoleSocket;
+use cri_log::CriLog;
+use drops::DropReport;
+use fanout::{Capture, Fanout};
 use host_end::HostEnd;
 use mio::Token;
-use relay::{DropReport, Relay};
+use relay::Relay;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 use tether_protocol::StdioPaths;
@@ -37,44 +47,88 @@ impl Stream {
 #[derive(Default)]
 pub struct ProcessIo {
     pub paths: StdioPaths,
+    /// The stdin relay, and outputs with one plain target (splice).
     pub relays: Vec<Relay>,
+    /// Outputs with several sinks.
+    pub fanouts: Vec<Fanout>,
+    pub log: Option<CriLog>,
+    pub attach: Option<AttachHub>,
+    /// Output goes through fan-outs (a log or a capture), a terminal's too.
+    fan_out: bool,
+    capture_limit: Option<usize>,
     /// Waiting for the runtime to send the PTY master.
     pub console: Option<ConsoleSocket>,
-    /// A terminal's host ends, relayed once the master arrives.
-    pub pending_ends: Vec<(Stream, HostEnd)>,
+    /// A terminal's host ends, wired once the master arrives (None: no plain target).
+    pub pending_ends: Vec<(Stream, Option<HostEnd>)>,
     /// The PTY master, kept for resize and close_stdin.
     pub master: Option<OwnedFd>,
     pub pending_resize: Option<(u16, u16)>,
 }
 
 impl ProcessIo {
-    /// Every output relay has reached the end of its source: all the process wrote
-    /// is in its destination (a terminal's master has arrived, too).
+    /// Every output has reached the end of its source and every byte is where it
+    /// goes (a terminal's master has arrived, too).
     pub fn output_drained(&self) -> bool {
         self.console.is_none()
             && self
                 .relays
                 .iter()
                 .all(|r| r.stream == Stream::Stdin || r.is_done())
+            && self.fanouts.iter().all(Fanout::is_done)
     }
 
-    /// Output dropped since the last report, per stream (`force`: report now).
-    pub fn take_drop_reports(&mut self, now: Instant, force: bool) -> Vec<DropReport> {
-        self.relays
-            .iter_mut()
-            .filter_map(|r| r.take_drop_report(now, force))
-            .collect()
+    /// Output dropped since the last report: (stream, sink, report).
+    pub fn take_drop_reports(
+        &mut self,
+        now: Instant,
+        force: bool,
+    ) -> Vec<(Stream, &'static str, DropReport)> {
+        let mut reports = Vec::new();
+        for r in &mut self.relays {
+            if let Some(d) = r.take_drop_report(now, force) {
+                reports.push((r.stream, "file", d));
+            }
+        }
+        for f in &mut self.fanouts {
+            if let Some(d) = f.take_drop_report(now, force) {
+                reports.push((f.stream, "file", d));
+            }
+        }
+        if let Some(log) = self.log.as_mut() {
+            for (stream, d) in log.take_drop_reports(now, force) {
+                reports.push((stream, "log", d));
+            }
+        }
+        reports
     }
 
     pub fn report_due(&self) -> Option<Instant> {
-        self.relays.iter().filter_map(|r| r.report_due()).min()
+        let relays = self.relays.iter().filter_map(|r| r.report_due());
+        let fanouts = self.fanouts.iter().filter_map(|f| f.report_due());
+        relays
+            .chain(fanouts)
+            .chain(self.log.as_ref().and_then(CriLog::report_due))
+            .min()
     }
 
     pub fn dropped_total(&self) -> u64 {
-        self.relays.iter().map(|r| r.dropped_total()).sum()
+        self.relays.iter().map(|r| r.dropped_total()).sum::<u64>()
+            + self.fanouts.iter().map(|f| f.dropped_total()).sum::<u64>()
+            + self.log.as_ref().map_or(0, CriLog::dropped_total)
+    }
+
+    /// What a captured stream kept (an `exec` with `capture`).
+    pub fn take_capture(&mut self, stream: Stream) -> Option<Capture> {
+        self.fanouts
+            .iter_mut()
+            .find(|f| f.stream == stream)
+            .and_then(|f| f.capture.take())
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.relays.iter().any(|r| r.owns(token)) || self.console.as_ref().is_some_and(|c| c.owns(token))
+        self.relays.iter().any(|r| r.owns(token))
+            || self.fanouts.iter().any(|f| f.owns(token))
+            || self.console.as_ref().is_some_and(|c| c.owns(token))
+            || self.attach.as_ref().is_some_and(|a| a.owns(token))
     }
 }

@@ -4,9 +4,10 @@
 //!
 //! A destination that refuses bytes for want of space (ENOSPC, EDQUOT, EFBIG) or by
 //! failing (EIO) never blocks or kills the process: its output is drained and
-//! dropped, counted, and reported (see [`DropReport`]); the destination is tried
-//! again every DROP_RETRY, and takes the output again once it can.
+//! dropped, counted and reported (see `drops`), and the destination takes output
+//! again once it can.
 
+use super::drops::{refuses_bytes, DropReport, Drops};
 use super::host_end::set_nonblocking;
 use super::Stream;
 use crate::reactor::{Io, Owner};
@@ -14,16 +15,14 @@ use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::fcntl::SpliceFFlags;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Bytes one splice call may move.
 const SPLICE_CHUNK: usize = 1 << 20;
 /// The read/write fallback's buffer (PTY relays only).
 const COPY_BUFFER: usize = 32 << 10;
-/// While dropping: how often the destination is tried again...
-const DROP_RETRY: Duration = Duration::from_secs(1);
-/// ...and how often the bytes dropped are reported.
-pub const DROP_REPORT: Duration = Duration::from_secs(1);
+/// What a dropping relay reads into (allocated only while dropping).
+const DROP_BUFFER: usize = 64 << 10;
 
 pub struct Relay {
     pub stream: Stream,
@@ -37,32 +36,9 @@ pub struct Relay {
     /// process has exited.
     src_is_tty: bool,
     done: bool,
-    /// Set while the destination refuses bytes.
-    dropping: Option<Dropping>,
-    dropped_total: u64,
-    dropped_unreported: u64,
-    last_error: String,
-    reported_at: Option<Instant>,
-}
-
-struct Dropping {
-    retry_at: Instant,
-    /// Where dropped bytes are read into (allocated only while dropping).
+    drops: Drops,
+    /// Where dropped bytes are read into, while dropping.
     sink: Vec<u8>,
-}
-
-/// Bytes dropped on one stream since the last report.
-pub struct DropReport {
-    pub stream: Stream,
-    pub bytes: u64,
-    pub total: u64,
-    pub error: String,
-}
-
-/// A destination's failure that dropping can ride out: it is out of space or broken,
-/// not gone.
-fn refuses_bytes(e: Errno) -> bool {
-    matches!(e, Errno::ENOSPC | Errno::EDQUOT | Errno::EFBIG | Errno::EIO)
 }
 
 /// Allocated while it holds bytes only: an idle terminal costs no buffer.
@@ -70,6 +46,17 @@ struct CopyBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+/// What a relay hands over when it becomes part of a fan-out (an attach client came).
+pub struct RelayParts {
+    pub src: OwnedFd,
+    pub dst: OwnedFd,
+    pub keepalive: Option<OwnedFd>,
+    pub src_is_tty: bool,
+    /// Bytes read but not yet written (PTY relays).
+    pub pending: Vec<u8>,
+    pub drops: Drops,
 }
 
 impl Relay {
@@ -91,16 +78,18 @@ impl Relay {
             copy: None,
             src_is_tty,
             done: false,
-            dropping: None,
-            dropped_total: 0,
-            dropped_unreported: 0,
-            last_error: String::new(),
-            reported_at: None,
+            drops: Drops::default(),
+            sink: Vec::new(),
         })
     }
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// A second descriptor on the destination (attach input into a stdin pipe).
+    pub fn dst_dup(&self) -> Option<OwnedFd> {
+        self.dst.as_ref()?.try_clone().ok()
     }
 
     /// Registers both ends with the loop (edge-triggered); an end epoll refuses (a
@@ -125,13 +114,15 @@ impl Relay {
             let (Some(src), Some(dst)) = (self.src.as_ref(), self.dst.as_ref()) else {
                 break;
             };
-            let now_dropping = self
-                .dropping
-                .as_ref()
-                .is_some_and(|d| Instant::now() < d.retry_at);
-            let step = match (&mut self.dropping, self.copy.as_mut()) {
-                (Some(d), _) if now_dropping => nix::unistd::read(src.as_raw_fd(), &mut d.sink),
-                (_, None) => nix::fcntl::splice(
+            let dropping = self.drops.dropping();
+            let step = match self.copy.as_mut() {
+                _ if dropping => {
+                    if self.sink.is_empty() {
+                        self.sink = vec![0; DROP_BUFFER];
+                    }
+                    nix::unistd::read(src.as_raw_fd(), &mut self.sink)
+                }
+                None => nix::fcntl::splice(
                     src,
                     None,
                     dst,
@@ -139,22 +130,18 @@ impl Relay {
                     SPLICE_CHUNK,
                     SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
                 ),
-                (_, Some(buffer)) => buffer.step(src, dst),
+                Some(buffer) => buffer.step(src, dst),
             };
             match step {
                 Ok(0) => self.finish(io),
-                Ok(n) if now_dropping => {
-                    self.dropped_total += n as u64;
-                    self.dropped_unreported += n as u64;
-                }
+                Ok(n) if dropping => self.drops.count(n),
                 Ok(_) => {
-                    if self.dropping.take().is_some() {
-                        crate::log!("{} relay: the destination takes output again", self.stream.name());
-                    }
+                    self.drops.recovered(self.stream.name());
+                    self.sink = Vec::new();
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => break,
-                Err(Errno::EINVAL) if self.copy.is_none() && !now_dropping => {
+                Err(Errno::EINVAL) if self.copy.is_none() && !dropping => {
                     self.copy = Some(CopyBuffer {
                         buf: Vec::new(),
                         start: 0,
@@ -164,7 +151,11 @@ impl Relay {
                 Err(Errno::EIO) if self.src_is_tty && !process_exited => break,
                 Err(Errno::EIO) if self.src_is_tty => self.finish(io),
                 Err(Errno::EPIPE) => self.finish(io),
-                Err(e) if refuses_bytes(e) && !now_dropping => self.start_dropping(e),
+                Err(e) if refuses_bytes(e) && !dropping => {
+                    // What the PTY fallback had read goes with the rest.
+                    let pending = self.copy.as_mut().map_or(0, CopyBuffer::discard);
+                    self.drops.refused(e, pending, self.stream.name());
+                }
                 Err(e) => {
                     crate::log!("{} relay stopped: {e}", self.stream.name());
                     self.finish(io);
@@ -174,64 +165,38 @@ impl Relay {
         self.done
     }
 
-    /// The destination refused bytes: drop from now on (the PTY fallback's buffered
-    /// bytes included), and try it again in a while.
-    fn start_dropping(&mut self, e: Errno) {
-        if let Some(buffer) = self.copy.as_mut() {
-            let pending = (buffer.end - buffer.start) as u64;
-            self.dropped_total += pending;
-            self.dropped_unreported += pending;
-            buffer.start = buffer.end;
-            buffer.buf = Vec::new();
-        }
-        if self.last_error.is_empty() || self.dropping.is_none() {
-            crate::log!(
-                "{} relay: destination refuses output ({e}); dropping and counting",
-                self.stream.name()
-            );
-        }
-        self.last_error = e.desc().to_string();
-        let sink = self
-            .dropping
-            .take()
-            .map(|d| d.sink)
-            .unwrap_or_else(|| vec![0; 64 << 10]);
-        self.dropping = Some(Dropping {
-            retry_at: Instant::now() + DROP_RETRY,
-            sink,
-        });
-    }
-
     /// Bytes dropped since the last report, once a report is due (`force`: now).
     pub fn take_drop_report(&mut self, now: Instant, force: bool) -> Option<DropReport> {
-        if self.dropped_unreported == 0 {
-            return None;
-        }
-        let due = force
-            || self.done
-            || self.dropping.is_none()
-            || self.reported_at.is_none_or(|t| now >= t + DROP_REPORT);
-        if !due {
-            return None;
-        }
-        self.reported_at = Some(now);
-        let bytes = std::mem::take(&mut self.dropped_unreported);
-        Some(DropReport {
-            stream: self.stream,
-            bytes,
-            total: self.dropped_total,
-            error: self.last_error.clone(),
-        })
+        self.drops.take_report(now, force, self.done)
     }
 
-    /// When a drop report is due (the destination's retry needs no timer: it is
-    /// tried when output comes).
     pub fn report_due(&self) -> Option<Instant> {
-        (self.dropped_unreported > 0).then(|| self.reported_at.map_or(Instant::now(), |t| t + DROP_REPORT))
+        self.drops.report_due()
     }
 
     pub fn dropped_total(&self) -> u64 {
-        self.dropped_total
+        self.drops.total()
+    }
+
+    /// Takes the relay apart (its fds deregistered) for a fan-out to carry on with.
+    /// None if it has finished.
+    pub fn into_parts(mut self, io: &mut Io<'_>) -> Option<RelayParts> {
+        for (fd, token) in self.tokens.drain(..) {
+            io.unwatch_fd(fd, token);
+        }
+        let pending = self
+            .copy
+            .as_ref()
+            .map(|c| c.buf[c.start..c.end].to_vec())
+            .unwrap_or_default();
+        Some(RelayParts {
+            src: self.src.take()?,
+            dst: self.dst.take()?,
+            keepalive: self.keepalive.take(),
+            src_is_tty: self.src_is_tty,
+            pending,
+            drops: std::mem::take(&mut self.drops),
+        })
     }
 
     /// Stops relaying: both ends are closed (an output FIFO's keepalive stays, so its
@@ -243,7 +208,7 @@ impl Relay {
         self.src = None;
         self.dst = None;
         self.copy = None;
-        self.dropping = None;
+        self.sink = Vec::new();
         self.done = true;
     }
 
@@ -271,6 +236,14 @@ impl Relay {
 }
 
 impl CopyBuffer {
+    /// Forgets what is buffered; returns how many bytes that was.
+    fn discard(&mut self) -> usize {
+        let n = self.end - self.start;
+        self.start = self.end;
+        self.buf = Vec::new();
+        n
+    }
+
     /// Writes what is buffered, else reads more. Ok(0) only at the source's end.
     fn step(&mut self, src: &OwnedFd, dst: &OwnedFd) -> Result<usize, Errno> {
         if self.start == self.end {

@@ -1,7 +1,10 @@
-//! Wiring a process's stdio: from the client's three specs to the runtime's fds and
-//! the shim's relays, and the PTY once its master arrives.
+//! Wiring a process's stdio: from the client's specs to the runtime's fds and the
+//! shim's relays and fan-outs, and the PTY once its master arrives.
 
+use super::attach::AttachHub;
 use super::console::{self, ConsoleSocket};
+use super::cri_log::CriLog;
+use super::fanout::Fanout;
 use super::host_end::{self, HostEnd};
 use super::relay::Relay;
 use super::{ProcessIo, Stream};
@@ -11,19 +14,32 @@ use crate::runtime::RuntimeStdio;
 use crate::state_dir::StateDir;
 use mio::Token;
 use std::os::fd::OwnedFd;
+use tether_protocol::LogParams;
 
-/// Sets up a process's stdio from the client's three specs. Without a terminal: a
-/// pipe per stream, relayed to or from the host end. With one: the console socket;
-/// the relays are made when the master arrives.
+/// What the client asked for a process's stdio.
+#[derive(Default)]
+pub struct StdioSpec {
+    pub stdin: Option<String>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub log: Option<LogParams>,
+    pub attach: bool,
+    /// Keep the output in memory, up to this many bytes per stream.
+    pub capture: Option<usize>,
+}
+
+/// Sets up a process's stdio. Without a terminal: a pipe per stream, relayed (or
+/// fanned out) to or from the host ends. With one: the console socket; the relays are
+/// made when the master arrives.
 pub fn setup(
     name: &str,
     terminal: bool,
-    specs: [Option<String>; 3],
+    spec: StdioSpec,
     dir: &StateDir,
     io: &mut Io<'_>,
 ) -> Result<(ProcessIo, RuntimeStdio), CoreError> {
     let mut pio = ProcessIo::default();
-    match wire(&mut pio, name, terminal, specs, dir, io) {
+    match wire(&mut pio, name, terminal, spec, dir, io) {
         Ok(rt) => Ok((pio, rt)),
         Err(e) => {
             pio.release(io);
@@ -32,16 +48,61 @@ pub fn setup(
     }
 }
 
+fn stdio_err(m: String) -> CoreError {
+    err(ErrorKind::StdioFailed, m)
+}
+
 fn wire(
     pio: &mut ProcessIo,
     name: &str,
     terminal: bool,
-    specs: [Option<String>; 3],
+    spec: StdioSpec,
     dir: &StateDir,
     io: &mut Io<'_>,
 ) -> Result<RuntimeStdio, CoreError> {
-    let [stdin, stdout, stderr] = specs;
-    let stdio_err = |m: String| err(ErrorKind::StdioFailed, m);
+    let StdioSpec {
+        stdin,
+        stdout,
+        stderr,
+        log,
+        attach,
+        capture,
+    } = spec;
+    if capture.is_some() && (stdout.is_some() || stderr.is_some()) {
+        return Err(err(
+            ErrorKind::InvalidParams,
+            "a captured exec's output is its answer: leave stdout and stderr out",
+        ));
+    }
+    pio.fan_out = log.is_some() || capture.is_some();
+    pio.capture_limit = capture;
+    if let Some(lp) = &log {
+        let log = CriLog::open(lp).map_err(stdio_err)?;
+        pio.paths.log = Some(log.path().display().to_string());
+        pio.log = Some(log);
+    }
+    if attach {
+        let hub = AttachHub::bind(&dir.attach_socket(name), io).map_err(stdio_err)?;
+        pio.paths.attach = Some(hub.path().display().to_string());
+        pio.attach = Some(hub);
+    }
+    // A stream left out gets a FIFO the shim makes, unless something else takes the
+    // output (a log, a capture): then it has no plain target. A captured exec's
+    // stdin left out is /dev/null.
+    let default_stdin = if capture.is_some() {
+        Some("/dev/null".to_string())
+    } else {
+        None
+    };
+    let stdin = stdin.or(default_stdin);
+    let plain = |stream: Stream, spec: Option<String>, fan_out: bool| -> Result<Option<HostEnd>, CoreError> {
+        if spec.is_none() && fan_out {
+            return Ok(None);
+        }
+        host_end::open_host_end(stream, spec.as_deref(), &dir.fifo(name, stream.name()))
+            .map(Some)
+            .map_err(stdio_err)
+    };
     let mut rt = RuntimeStdio::default();
     if terminal {
         if stderr.as_deref().is_some_and(|s| s != "/dev/null") {
@@ -51,9 +112,9 @@ fn wire(
             ));
         }
         for (stream, spec) in [(Stream::Stdin, stdin), (Stream::Stdout, stdout)] {
-            let end = host_end::open_host_end(stream, spec.as_deref(), &dir.fifo(name, stream.name()))
-                .map_err(stdio_err)?;
-            pio.set_path(stream, &end);
+            let fan_out = pio.fan_out && stream != Stream::Stdin;
+            let end = plain(stream, spec, fan_out)?;
+            pio.set_path(stream, end.as_ref());
             pio.pending_ends.push((stream, end));
         }
         pio.console = Some(ConsoleSocket::bind(&dir.console_socket(name), io).map_err(stdio_err)?);
@@ -65,34 +126,36 @@ fn wire(
         (Stream::Stdout, stdout),
         (Stream::Stderr, stderr),
     ] {
+        let fan_out = pio.fan_out && stream != Stream::Stdin;
         let end = match (&stdout_file, stream) {
             // One file for both: one descriptor, so one offset, and no overwriting.
-            (Some((path, fd)), Stream::Stderr) if spec.as_deref() == Some(path.as_str()) => HostEnd::Open {
-                fd: fd
-                    .try_clone()
-                    .map_err(|e| stdio_err(format!("dup {path}: {e}")))?,
-                keepalive: None,
-                path: path.clone(),
-            },
-            _ => host_end::open_host_end(stream, spec.as_deref(), &dir.fifo(name, stream.name()))
-                .map_err(stdio_err)?,
+            (Some((path, fd)), Stream::Stderr) if spec.as_deref() == Some(path.as_str()) => {
+                Some(HostEnd::Open {
+                    fd: fd
+                        .try_clone()
+                        .map_err(|e| stdio_err(format!("dup {path}: {e}")))?,
+                    keepalive: None,
+                    path: path.clone(),
+                })
+            }
+            _ => plain(stream, spec, fan_out)?,
         };
-        pio.set_path(stream, &end);
-        let HostEnd::Open { fd, keepalive, path } = end else {
-            continue;
-        };
-        if stream == Stream::Stdout && host_end::is_regular_file(&fd) {
-            stdout_file = Some((path, fd.try_clone().map_err(|e| stdio_err(format!("dup: {e}")))?));
+        pio.set_path(stream, end.as_ref());
+        if let Some(HostEnd::Open { fd, path, .. }) = &end {
+            if stream == Stream::Stdout && host_end::is_regular_file(fd) {
+                let dup = fd.try_clone().map_err(|e| stdio_err(format!("dup: {e}")))?;
+                stdout_file = Some((path.clone(), dup));
+            }
         }
-        let (read, write) = host_end::pipe().map_err(stdio_err)?;
-        let (relay, child_end) = match stream {
-            Stream::Stdin => (Relay::new(stream, fd, write, None, false), read),
-            _ => (Relay::new(stream, read, fd, keepalive, false), write),
+        let child_end = match end {
+            // /dev/null for the process itself, when nothing else wants the stream.
+            Some(HostEnd::Null) if !fan_out => continue,
+            None | Some(HostEnd::Null) => pio.fan_out_from_pipe(stream, None, io)?,
+            Some(HostEnd::Open { fd, keepalive, .. }) if fan_out => {
+                pio.fan_out_from_pipe(stream, Some((fd, keepalive)), io)?
+            }
+            Some(HostEnd::Open { fd, keepalive, .. }) => pio.relay_pipe(stream, fd, keepalive, io)?,
         };
-        let mut relay = relay.map_err(stdio_err)?;
-        relay.register(io);
-        relay.pump(io, false);
-        pio.relays.push(relay);
         match stream {
             Stream::Stdin => rt.stdin = Some(child_end),
             Stream::Stdout => rt.stdout = Some(child_end),
@@ -103,10 +166,11 @@ fn wire(
 }
 
 impl ProcessIo {
-    fn set_path(&mut self, stream: Stream, end: &HostEnd) {
+    fn set_path(&mut self, stream: Stream, end: Option<&HostEnd>) {
         let path = match end {
-            HostEnd::Null => Some("/dev/null".to_string()),
-            HostEnd::Open { path, .. } => Some(path.clone()),
+            Some(HostEnd::Null) => Some("/dev/null".to_string()),
+            Some(HostEnd::Open { path, .. }) => Some(path.clone()),
+            None => None,
         };
         match stream {
             Stream::Stdin => self.paths.stdin = path,
@@ -115,24 +179,111 @@ impl ProcessIo {
         }
     }
 
-    /// Readiness of one of this process's tokens: take the PTY master if it is the
-    /// console socket's, else pump the relays.
+    /// A pipe relayed to (stdin: from) a plain target; returns the process's end.
+    fn relay_pipe(
+        &mut self,
+        stream: Stream,
+        fd: OwnedFd,
+        keepalive: Option<OwnedFd>,
+        io: &mut Io<'_>,
+    ) -> Result<OwnedFd, CoreError> {
+        let (read, write) = host_end::pipe().map_err(stdio_err)?;
+        let (relay, child_end) = match stream {
+            Stream::Stdin => {
+                // Attach input goes into the same pipe.
+                if let Some(hub) = self.attach.as_mut() {
+                    hub.set_stdin(write.try_clone().ok());
+                }
+                (Relay::new(stream, fd, write, None, false), read)
+            }
+            _ => (Relay::new(stream, read, fd, keepalive, false), write),
+        };
+        let mut relay = relay.map_err(stdio_err)?;
+        relay.register(io);
+        relay.pump(io, false);
+        self.relays.push(relay);
+        Ok(child_end)
+    }
+
+    /// A pipe whose output fans out to the log, attach, a capture, and `plain`;
+    /// returns the process's end.
+    fn fan_out_from_pipe(
+        &mut self,
+        stream: Stream,
+        plain: Option<(OwnedFd, Option<OwnedFd>)>,
+        io: &mut Io<'_>,
+    ) -> Result<OwnedFd, CoreError> {
+        let (read, write) = host_end::pipe().map_err(stdio_err)?;
+        self.add_fanout(stream, read, false, plain, io)?;
+        Ok(write)
+    }
+
+    fn add_fanout(
+        &mut self,
+        stream: Stream,
+        src: OwnedFd,
+        src_is_tty: bool,
+        plain: Option<(OwnedFd, Option<OwnedFd>)>,
+        io: &mut Io<'_>,
+    ) -> Result<(), CoreError> {
+        let mut fanout = Fanout::new(stream, src, src_is_tty).map_err(stdio_err)?;
+        if let Some((fd, keepalive)) = plain {
+            fanout = fanout.with_plain(fd, keepalive).map_err(stdio_err)?;
+        }
+        if let Some(limit) = self.capture_limit {
+            fanout = fanout.with_capture(limit);
+        }
+        fanout.register(io);
+        self.fanouts.push(fanout);
+        Ok(())
+    }
+
+    /// Readiness of one of this process's tokens.
     pub fn on_ready(&mut self, name: &str, token: Token, exited: bool, io: &mut Io<'_>) {
         if self.console.as_ref().is_some_and(|c| c.owns(token)) {
             self.attach_console(name, exited, io);
-        } else {
-            self.pump(io, exited);
+        } else if let Some(hub) = self.attach.as_mut().filter(|h| h.owns(token)) {
+            hub.on_ready(token, io);
+            if hub.has_clients() {
+                self.fan_out_relays(io);
+            }
+        }
+        self.pump(io, exited);
+    }
+
+    /// Attach clients came: outputs on a splice relay move to fan-outs (the same fds,
+    /// nothing lost in between) so the clients see them too.
+    fn fan_out_relays(&mut self, io: &mut Io<'_>) {
+        let (outputs, rest): (Vec<Relay>, Vec<Relay>) = std::mem::take(&mut self.relays)
+            .into_iter()
+            .partition(|r| r.stream != Stream::Stdin && !r.is_done());
+        self.relays = rest;
+        for relay in outputs {
+            let stream = relay.stream;
+            let Some(parts) = relay.into_parts(io) else {
+                continue;
+            };
+            match Fanout::from_relay(stream, parts) {
+                Ok(mut fanout) => {
+                    fanout.register(io);
+                    self.fanouts.push(fanout);
+                }
+                Err(m) => crate::log!("{} cannot fan out: {m}", stream.name()),
+            }
         }
     }
 
-    /// Pumps every relay (after readiness, or at exit to take the last bytes).
+    /// Pumps every relay and fan-out (after readiness, or at exit for the last bytes).
     pub fn pump(&mut self, io: &mut Io<'_>, exited: bool) {
         for relay in &mut self.relays {
             relay.pump(io, exited);
         }
+        for fanout in &mut self.fanouts {
+            fanout.pump(io, exited, self.log.as_mut(), self.attach.as_mut());
+        }
     }
 
-    /// The console socket is readable: take the master when it comes and relay it.
+    /// The console socket is readable: take the master when it comes and wire it.
     fn attach_console(&mut self, name: &str, exited: bool, io: &mut Io<'_>) {
         let Some(socket) = self.console.as_mut() else {
             return;
@@ -151,9 +302,6 @@ impl ProcessIo {
             }
         }
         for (stream, end) in std::mem::take(&mut self.pending_ends) {
-            let HostEnd::Open { fd, keepalive, .. } = end else {
-                continue;
-            };
             let dup = match master.try_clone() {
                 Ok(d) => d,
                 Err(e) => {
@@ -161,17 +309,40 @@ impl ProcessIo {
                     continue;
                 }
             };
-            let relay = match stream {
-                Stream::Stdin => Relay::new(stream, fd, dup, None, false),
-                _ => Relay::new(stream, dup, fd, keepalive, true),
-            };
-            match relay {
-                Ok(mut relay) => {
-                    relay.register(io);
-                    relay.pump(io, exited);
-                    self.relays.push(relay);
+            let wired = match (stream, end) {
+                (Stream::Stdin, Some(HostEnd::Open { fd, .. })) => {
+                    if let Some(hub) = self.attach.as_mut() {
+                        hub.set_stdin(dup.try_clone().ok());
+                    }
+                    Relay::new(stream, fd, dup, None, false).map(|mut relay| {
+                        relay.register(io);
+                        relay.pump(io, exited);
+                        self.relays.push(relay);
+                    })
                 }
-                Err(m) => crate::log!("process {name}: {m}"),
+                (Stream::Stdin, _) => Ok(()),
+                (_, Some(HostEnd::Open { fd, keepalive, .. })) if !self.fan_out => {
+                    Relay::new(stream, dup, fd, keepalive, true).map(|mut relay| {
+                        relay.register(io);
+                        relay.pump(io, exited);
+                        self.relays.push(relay);
+                    })
+                }
+                (_, Some(HostEnd::Open { fd, keepalive, .. })) => self
+                    .add_fanout(stream, dup, true, Some((fd, keepalive)), io)
+                    .map_err(|e| e.message),
+                (_, _) if self.fan_out => self
+                    .add_fanout(stream, dup, true, None, io)
+                    .map_err(|e| e.message),
+                (_, _) => Ok(()),
+            };
+            if let Err(m) = wired {
+                crate::log!("process {name}: {m}");
+            }
+        }
+        if let Some(hub) = self.attach.as_ref() {
+            if hub.has_clients() {
+                self.fan_out_relays(io);
             }
         }
         self.master = Some(master);
@@ -197,14 +368,47 @@ impl ProcessIo {
             relay.release(io);
         }
         self.relays.retain(|r| r.stream != Stream::Stdin);
+        if let Some(hub) = self.attach.as_mut() {
+            hub.close_stdin(io);
+        }
         if let Some(master) = &self.master {
             let _ = nix::unistd::write(master, &[console::eof_char(master)]);
         }
     }
 
+    /// The attach socket, made now if the process has none yet (`attach` method).
+    pub fn ensure_attach(&mut self, path: &std::path::Path, io: &mut Io<'_>) -> Result<String, String> {
+        if let Some(hub) = &self.attach {
+            return Ok(hub.path().display().to_string());
+        }
+        let mut hub = AttachHub::bind(path, io)?;
+        let stdin = match &self.master {
+            Some(master) => master.try_clone().ok(),
+            None => self
+                .relays
+                .iter()
+                .find(|r| r.stream == Stream::Stdin)
+                .and_then(Relay::dst_dup),
+        };
+        hub.set_stdin(stdin);
+        let shown = hub.path().display().to_string();
+        self.paths.attach = Some(shown.clone());
+        self.attach = Some(hub);
+        Ok(shown)
+    }
+
+    /// `reopen_log`: write to a file at the log's path again.
+    pub fn reopen_log(&mut self) -> Result<(), String> {
+        match self.log.as_mut() {
+            Some(log) => log.reopen(),
+            None => Err("the process has no log".to_string()),
+        }
+    }
+
     /// The process has exited and its exit is out: what it no longer needs goes (its
-    /// stdin, the PTY master, FIFO keepalives with nothing unread behind them). Output
-    /// still flowing (a child that outlived it holds the pipe) keeps its relay.
+    /// stdin, the PTY master, attach clients, FIFO read ends with nothing unread
+    /// behind them). Output still flowing (a child that outlived it holds the pipe)
+    /// keeps its relay.
     pub fn release_after_exit(&mut self, io: &mut Io<'_>) {
         for relay in self.relays.iter_mut() {
             if relay.stream == Stream::Stdin {
@@ -214,8 +418,14 @@ impl ProcessIo {
             }
         }
         self.relays.retain(|r| r.stream != Stream::Stdin);
+        for fanout in self.fanouts.iter_mut() {
+            fanout.release_keepalive_if_drained();
+        }
         if let Some(console) = self.console.take() {
             console.close(io);
+        }
+        if let Some(hub) = self.attach.as_mut() {
+            hub.finish(io);
         }
         self.pending_ends.clear();
         self.master = None;
@@ -227,10 +437,18 @@ impl ProcessIo {
             relay.release(io);
         }
         self.relays.clear();
+        for fanout in &mut self.fanouts {
+            fanout.release(io);
+        }
+        self.fanouts.clear();
         self.pending_ends.clear();
         if let Some(console) = self.console.take() {
             console.close(io);
         }
+        if let Some(hub) = self.attach.take() {
+            hub.close(io);
+        }
+        self.log = None;
         self.master = None;
     }
 }

@@ -734,6 +734,7 @@ impl Bench {
                 stdin: Some("/dev/null".into()),
                 stdout: Some("/dev/null".into()),
                 stderr: Some("/dev/null".into()),
+                ..Default::default()
             };
             for (sys, c, _) in &mut shims {
                 let t = Instant::now();

@@ -96,6 +96,7 @@ fn run_exec(c: &mut Client, state_dir: &Path, journal: &Path, k: u64) {
                     stdin: Some("/dev/null".into()),
                     stdout: None,
                     stderr: Some("/dev/null".into()),
+                    ..Default::default()
                 };
                 match c.exec(&p) {
                     Ok(_) => {}

@@ -7,6 +7,7 @@ use super::super::bundle;
 use super::super::process::Process;
 use super::super::{err, Answer, CoreError, ErrorKind, Reply, Ticket};
 use super::{later, Core, OpKind};
+use crate::io::StdioSpec;
 use crate::reactor::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use std::fs;
@@ -36,14 +37,17 @@ impl Core {
                 ));
             }
         }
-        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr])?;
-        let (pio, stdio) = crate::io::setup(
-            INIT_PROCESS,
-            bundle.terminal,
-            [p.stdin, p.stdout, p.stderr],
-            &self.dir,
-            io,
-        )?;
+        let log_path = p.log.as_ref().map(|l| l.path.clone());
+        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr, &log_path])?;
+        let spec = StdioSpec {
+            stdin: p.stdin,
+            stdout: p.stdout,
+            stderr: p.stderr,
+            log: p.log,
+            attach: p.attach,
+            capture: None,
+        };
+        let (pio, stdio) = crate::io::setup(INIT_PROCESS, bundle.terminal, spec, &self.dir, io)?;
         let mut init = Process::new(INIT_PROCESS, bundle.terminal);
         init.io = pio;
         let pid_file = self.dir.pid_file(INIT_PROCESS);

@@ -7,7 +7,7 @@
 mod control;
 mod create;
 mod delete;
-mod exec;
+pub(super) mod exec;
 mod query;
 mod start;
 

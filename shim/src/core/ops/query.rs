@@ -75,6 +75,45 @@ impl Core {
         Ok(Answer::Empty(Empty {}))
     }
 
+    /// kubelet renamed the log away: write to a file at its path again. Answered once
+    /// the new file exists.
+    pub(in crate::core) fn reopen_log(&mut self, p: ProcessParams) -> CallResult {
+        let proc = self.process_mut(p.process.as_deref())?;
+        if !proc.is_alive() {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot reopen the log of {}: it is not running", proc.name),
+            ));
+        }
+        proc.io.reopen_log().map_err(|m| {
+            let kind = if proc.io.log.is_some() {
+                ErrorKind::StdioFailed
+            } else {
+                ErrorKind::WrongState
+            };
+            err(kind, format!("cannot reopen the log of {}: {m}", proc.name))
+        })?;
+        Ok(Answer::Empty(Empty {}))
+    }
+
+    /// Where to attach to a process (its socket made now if it has none yet).
+    pub(in crate::core) fn attach(&mut self, p: ProcessParams, io: &mut Io<'_>) -> CallResult {
+        let name = p.process.clone().unwrap_or_else(|| INIT_PROCESS.to_string());
+        let path = self.dir.attach_socket(&name);
+        let proc = self.process_mut(Some(&name))?;
+        if proc.has_exited() {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("cannot attach to {name}: it has exited"),
+            ));
+        }
+        let path = proc
+            .io
+            .ensure_attach(&path, io)
+            .map_err(|m| err(ErrorKind::StdioFailed, m))?;
+        Ok(Answer::Attach(AttachResult { path }))
+    }
+
     pub(in crate::core) fn resize(&mut self, p: ResizeParams) -> CallResult {
         let proc = self.process_mut(p.process.as_deref())?;
         if !proc.terminal {

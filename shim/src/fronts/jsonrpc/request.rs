@@ -127,6 +127,8 @@ pub fn call(method: &str, p: Option<&RawValue>) -> Result<Call, RpcError> {
         "stats" => none(method).map(|_| Call::Stats)?,
         "update" => Call::Update(params(method, p)?),
         "checkpoint" => Call::Checkpoint(params(method, p)?),
+        "reopen_log" => Call::ReopenLog(params(method, p)?),
+        "attach" => Call::Attach(params(method, p)?),
         _ => {
             return Err(RpcError::new(
                 ErrorKind::MethodNotFound,
@@ -153,6 +155,8 @@ pub const METHODS: &[&str] = &[
     "stats",
     "update",
     "checkpoint",
+    "reopen_log",
+    "attach",
     "subscribe",
     "shutdown",
 ];

@@ -1,0 +1,334 @@
+//! Attach: any number of clients on a process's output, one of them on its stdin,
+//! over a SOCK_SEQPACKET socket with conmon's wire (what Podman and CRI-O already
+//! read): each output packet is one byte naming the stream (2 stdout, 3 stderr) and
+//! at most 8192 bytes of it; an input packet is raw bytes for stdin.
+//!
+//! No client ever holds anything up: each has a bounded queue, and one that falls
+//! past it is cut off: it gets no more output, only a last packet with the reason
+//! (stream byte 4, which Podman and CRI-O log and ignore), sent when its socket takes
+//! it, then EOF; the process, its log and the other clients carry on. When the
+//! process's output ends, each client gets what is queued for it, then EOF.
+
+use super::Stream;
+use crate::reactor::{Io, Owner};
+use mio::{Interest, Token};
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Payload bytes per packet (conmon's STDIO_BUF_SIZE).
+pub const PACKET_PAYLOAD: usize = 8192;
+/// Bytes queued for one client before it counts as stuck (beyond what its socket
+/// buffer holds): room for a reader that is descheduled for a moment.
+pub const MAX_CLIENT_QUEUE: usize = 8 << 20;
+/// Stream byte of the shim's last word to a client it disconnects.
+pub const CONTROL: u8 = 4;
+/// conmon's CONN_SOCK_BUF_SIZE: the largest input packet read at once.
+const INPUT_PACKET: usize = 32 << 10;
+
+struct Client {
+    fd: OwnedFd,
+    token: Token,
+    out: VecDeque<Vec<u8>>,
+    queued: usize,
+    /// Input read but not yet taken by the process's stdin.
+    pending_input: Vec<u8>,
+    /// No more output for it: it goes once what is queued (its reason) is sent.
+    cut: bool,
+}
+
+pub struct AttachHub {
+    path: PathBuf,
+    listener: OwnedFd,
+    listener_token: Token,
+    clients: Vec<Client>,
+    /// The process's stdin, for input (a dup of its pipe's write end, or the PTY
+    /// master); None once closed or if the process has none.
+    stdin: Option<(OwnedFd, Option<Token>)>,
+    /// The client whose input goes to stdin: the first to send any.
+    stdin_owner: Option<Token>,
+    /// The output is over: no new clients; each goes once its queue is sent.
+    closing: bool,
+}
+
+impl AttachHub {
+    pub fn bind(path: &Path, io: &mut Io<'_>) -> Result<AttachHub, String> {
+        let what = |e: Errno| format!("cannot make attach socket {}: {e}", path.display());
+        let _ = std::fs::remove_file(path);
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(what)?;
+        let addr = UnixAddr::new(path).map_err(what)?;
+        socket::bind(fd.as_raw_fd(), &addr).map_err(what)?;
+        let backlog = Backlog::new(16).map_err(what)?;
+        socket::listen(&fd, backlog).map_err(what)?;
+        let listener_token = io
+            .watch_fd(Owner::Core, fd.as_raw_fd(), Interest::READABLE)
+            .map_err(|e| format!("cannot watch attach socket {}: {e}", path.display()))?;
+        Ok(AttachHub {
+            path: path.to_path_buf(),
+            listener: fd,
+            listener_token,
+            clients: Vec::new(),
+            stdin: None,
+            stdin_owner: None,
+            closing: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn has_clients(&self) -> bool {
+        !self.clients.is_empty()
+    }
+
+    /// Where attach input goes (the process's stdin).
+    pub fn set_stdin(&mut self, fd: Option<OwnedFd>) {
+        self.stdin = fd.map(|fd| (fd, None));
+    }
+
+    /// The process's stdin was closed (`close_stdin`): attach input has nowhere to go.
+    pub fn close_stdin(&mut self, io: &mut Io<'_>) {
+        if let Some((fd, Some(token))) = self.stdin.take() {
+            io.unwatch_fd(fd.as_raw_fd(), token);
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.listener_token == token
+            || self.clients.iter().any(|c| c.token == token)
+            || self.stdin.as_ref().is_some_and(|(_, t)| *t == Some(token))
+    }
+
+    /// Readiness of one of the hub's tokens.
+    pub fn on_ready(&mut self, token: Token, io: &mut Io<'_>) {
+        if token == self.listener_token {
+            return self.accept(io);
+        }
+        if self.stdin.as_ref().is_some_and(|(_, t)| *t == Some(token)) {
+            // stdin can take more: every client's pending input gets another try.
+            let tokens: Vec<Token> = self.clients.iter().map(|c| c.token).collect();
+            for t in tokens {
+                self.serve(t, io);
+            }
+            return;
+        }
+        self.serve(token, io);
+    }
+
+    fn accept(&mut self, io: &mut Io<'_>) {
+        loop {
+            match crate::sys::accept_owned(self.listener.as_raw_fd()) {
+                Ok(fd) => {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    match io.watch_fd(Owner::Core, fd.as_raw_fd(), interest) {
+                        Ok(token) => self.clients.push(Client {
+                            fd,
+                            token,
+                            out: VecDeque::new(),
+                            queued: 0,
+                            pending_input: Vec::new(),
+                            cut: false,
+                        }),
+                        Err(e) => crate::log!("cannot watch an attach client: {e}"),
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(e) => return crate::log!("attach accept failed: {e}"),
+            }
+        }
+    }
+
+    /// A client's input and output, as far as each can go now.
+    fn serve(&mut self, token: Token, io: &mut Io<'_>) {
+        let Some(i) = self.clients.iter().position(|c| c.token == token) else {
+            return;
+        };
+        if !self.clients[i].cut {
+            if let Err(reason) = self.take_input(i, io) {
+                return self.cut_off(i, io, reason);
+            }
+        }
+        self.flush_or_drop(i, io);
+    }
+
+    /// Sends what the client's socket takes; a client that is gone, or cut off (or
+    /// closing) with nothing left to send, goes.
+    fn flush_or_drop(&mut self, i: usize, io: &mut Io<'_>) -> bool {
+        let client = &mut self.clients[i];
+        let gone = flush(client).is_err();
+        if gone || ((client.cut || self.closing) && client.out.is_empty()) {
+            self.remove(i, io);
+            return false;
+        }
+        true
+    }
+
+    /// Moves a client's input to stdin; Err(reason) to disconnect it.
+    fn take_input(&mut self, i: usize, io: &mut Io<'_>) -> Result<(), Option<String>> {
+        loop {
+            let client = &mut self.clients[i];
+            if !client.pending_input.is_empty() {
+                let Some((stdin, stdin_token)) = self.stdin.as_mut() else {
+                    return Err(Some("the process's stdin is closed".to_string()));
+                };
+                match nix::unistd::write(&*stdin, &client.pending_input) {
+                    Ok(n) => {
+                        client.pending_input.drain(..n);
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => {
+                        // The process is not reading: wait until its stdin can take more.
+                        if stdin_token.is_none() {
+                            *stdin_token = io
+                                .watch_fd(Owner::Core, stdin.as_raw_fd(), Interest::WRITABLE)
+                                .ok();
+                        }
+                        return Ok(());
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(Some(format!("the process's stdin: {e}"))),
+                }
+            }
+            let mut buf = vec![0u8; INPUT_PACKET];
+            match socket::recv(client.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Err(None),
+                Ok(n) => {
+                    if *self.stdin_owner.get_or_insert(client.token) != client.token {
+                        return Err(Some("stdin is held by another attach client".to_string()));
+                    }
+                    buf.truncate(n);
+                    client.pending_input = buf;
+                }
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(_) => return Err(None),
+            }
+        }
+    }
+
+    /// Output of `stream` to every client, in packets; a client past its bound is cut
+    /// off.
+    pub fn broadcast(&mut self, stream: Stream, chunk: &[u8], io: &mut Io<'_>) {
+        let id = match stream {
+            Stream::Stdin => 1,
+            Stream::Stdout => 2,
+            Stream::Stderr => 3,
+        };
+        let mut i = 0;
+        while i < self.clients.len() {
+            let client = &mut self.clients[i];
+            if client.cut {
+                i += 1;
+                continue;
+            }
+            for part in chunk.chunks(PACKET_PAYLOAD) {
+                let mut packet = Vec::with_capacity(part.len() + 1);
+                packet.push(id);
+                packet.extend_from_slice(part);
+                client.queued += packet.len();
+                client.out.push_back(packet);
+            }
+            let token = client.token;
+            let kept = if client.queued > MAX_CLIENT_QUEUE {
+                let reason =
+                    format!("attach client too slow: more than {MAX_CLIENT_QUEUE} bytes of output queued");
+                self.cut_off(i, io, Some(reason));
+                self.clients.get(i).is_some_and(|c| c.token == token)
+            } else {
+                self.flush_or_drop(i, io)
+            };
+            if kept {
+                i += 1;
+            }
+        }
+    }
+
+    /// No more output for client `i`: its queue goes; the reason (if any) is its last
+    /// packet, sent when its socket takes it. A client that sent EOF goes at once.
+    fn cut_off(&mut self, i: usize, io: &mut Io<'_>, reason: Option<String>) {
+        let client = &mut self.clients[i];
+        client.cut = true;
+        client.out.clear();
+        client.queued = 0;
+        client.pending_input.clear();
+        if self.stdin_owner == Some(client.token) {
+            self.stdin_owner = None;
+        }
+        match reason {
+            Some(reason) => {
+                crate::log!("attach {}: cutting a client off: {reason}", self.path.display());
+                let mut packet = vec![CONTROL];
+                packet.extend_from_slice(reason.as_bytes());
+                client.queued = packet.len();
+                client.out.push_back(packet);
+                self.flush_or_drop(i, io);
+            }
+            None => self.remove(i, io),
+        }
+    }
+
+    fn remove(&mut self, i: usize, io: &mut Io<'_>) {
+        let client = self.clients.remove(i);
+        if self.stdin_owner == Some(client.token) {
+            self.stdin_owner = None;
+        }
+        io.unwatch_fd(client.fd.as_raw_fd(), client.token);
+    }
+
+    /// The process's output is over: no new clients; each client gets what is queued
+    /// for it, then EOF.
+    pub fn finish(&mut self, io: &mut Io<'_>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.close_stdin(io);
+        io.unwatch_fd(self.listener.as_raw_fd(), self.listener_token);
+        let _ = std::fs::remove_file(&self.path);
+        let mut i = 0;
+        while i < self.clients.len() {
+            if self.flush_or_drop(i, io) {
+                i += 1;
+            }
+        }
+    }
+
+    /// Everything goes now (the process is deleted, or the shim exits).
+    pub fn close(mut self, io: &mut Io<'_>) {
+        self.finish(io);
+        while !self.clients.is_empty() {
+            self.remove(0, io);
+        }
+    }
+}
+
+/// Sends what the client's socket takes; Err when it is gone.
+fn flush(client: &mut Client) -> Result<(), Option<String>> {
+    while let Some(packet) = client.out.front() {
+        match socket::send(
+            client.fd.as_raw_fd(),
+            packet,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(_) => {
+                client.queued -= packet.len();
+                client.out.pop_front();
+            }
+            Err(Errno::EAGAIN) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(_) => return Err(None),
+        }
+    }
+    client.out = VecDeque::new();
+    Ok(())
+}

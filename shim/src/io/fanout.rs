@@ -1,0 +1,289 @@
+//! One output stream to several sinks at once: each chunk is read once and handed to
+//! the CRI log, the attach clients, a capture buffer, and the plain target (a FIFO
+//! or file). With exactly one plain sink the stream is a splice relay instead (see
+//! `relay`); a fan-out copies, once.
+//!
+//! Who may hold the stream back: only a FIFO (its reader away: back-pressure, as
+//! with a relay). The log never blocks (a full disk drops and counts), attach
+//! clients are cut off past their bound, a capture keeps what its limit allows and
+//! drains the rest.
+
+use super::attach::AttachHub;
+use super::cri_log::CriLog;
+use super::drops::{refuses_bytes, DropReport, Drops};
+use super::host_end::set_nonblocking;
+use super::relay::RelayParts;
+use super::Stream;
+use crate::reactor::{Io, Owner};
+use mio::{Interest, Token};
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+/// Bytes read at once.
+const CHUNK: usize = 64 << 10;
+
+/// Output kept in memory for an `exec` with `capture`.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub bytes: Vec<u8>,
+    pub limit: usize,
+    pub truncated: bool,
+}
+
+impl Capture {
+    fn push(&mut self, chunk: &[u8]) {
+        let room = self.limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.truncated |= chunk.len() > room;
+    }
+}
+
+/// The plain target: a FIFO or a file.
+struct Plain {
+    fd: OwnedFd,
+    /// An output FIFO's read end the shim holds (see `host_end`).
+    keepalive: Option<OwnedFd>,
+    token: Option<Token>,
+    /// Bytes the target has not taken yet: while any wait, nothing more is read.
+    pending: Vec<u8>,
+    drops: Drops,
+}
+
+pub struct Fanout {
+    pub stream: Stream,
+    src: Option<OwnedFd>,
+    src_token: Option<Token>,
+    src_is_tty: bool,
+    plain: Option<Plain>,
+    pub capture: Option<Capture>,
+    /// Allocated while output flows.
+    buf: Vec<u8>,
+    /// The source has ended (pending bytes may still be on their way).
+    eof: bool,
+}
+
+impl Fanout {
+    pub fn new(stream: Stream, src: OwnedFd, src_is_tty: bool) -> Result<Fanout, String> {
+        set_nonblocking(&src)?;
+        Ok(Fanout {
+            stream,
+            src: Some(src),
+            src_token: None,
+            src_is_tty,
+            plain: None,
+            capture: None,
+            buf: Vec::new(),
+            eof: false,
+        })
+    }
+
+    pub fn with_plain(mut self, fd: OwnedFd, keepalive: Option<OwnedFd>) -> Result<Fanout, String> {
+        set_nonblocking(&fd)?;
+        self.plain = Some(Plain {
+            fd,
+            keepalive,
+            token: None,
+            pending: Vec::new(),
+            drops: Drops::default(),
+        });
+        Ok(self)
+    }
+
+    pub fn with_capture(mut self, limit: usize) -> Fanout {
+        self.capture = Some(Capture {
+            limit,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// A splice relay becomes a fan-out (an attach client came): same fds, same
+    /// counts, nothing lost in between.
+    pub fn from_relay(stream: Stream, parts: RelayParts) -> Result<Fanout, String> {
+        let mut f =
+            Fanout::new(stream, parts.src, parts.src_is_tty)?.with_plain(parts.dst, parts.keepalive)?;
+        if let Some(plain) = f.plain.as_mut() {
+            plain.pending = parts.pending;
+            plain.drops = parts.drops;
+        }
+        Ok(f)
+    }
+
+    pub fn register(&mut self, io: &mut Io<'_>) {
+        if let Some(src) = &self.src {
+            self.src_token = io.watch_fd(Owner::Core, src.as_raw_fd(), Interest::READABLE).ok();
+        }
+        if let Some(plain) = self.plain.as_mut() {
+            // A file is always writable and epoll refuses it: no token.
+            plain.token = io
+                .watch_fd(Owner::Core, plain.fd.as_raw_fd(), Interest::WRITABLE)
+                .ok();
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.src_token == Some(token) || self.plain.as_ref().is_some_and(|p| p.token == Some(token))
+    }
+
+    /// Every byte of the source is where it goes.
+    pub fn is_done(&self) -> bool {
+        self.eof && self.plain.as_ref().is_none_or(|p| p.pending.is_empty())
+    }
+
+    /// Moves what can be moved now. `process_exited` lets a PTY's EIO count as the end.
+    pub fn pump(
+        &mut self,
+        io: &mut Io<'_>,
+        process_exited: bool,
+        mut log: Option<&mut CriLog>,
+        mut attach: Option<&mut AttachHub>,
+    ) {
+        loop {
+            if let Some(plain) = self.plain.as_mut() {
+                if !plain.write_pending(self.stream) {
+                    return; // a FIFO's reader is behind: back-pressure
+                }
+            }
+            if self.eof {
+                return self.close_src(io);
+            }
+            let Some(src) = self.src.as_ref() else { return };
+            if self.buf.is_empty() {
+                self.buf = vec![0; CHUNK];
+            }
+            match nix::unistd::read(src.as_raw_fd(), &mut self.buf) {
+                Ok(0) => self.end(io, log.as_deref_mut()),
+                Ok(n) => {
+                    let chunk = &self.buf[..n];
+                    if let Some(log) = log.as_deref_mut() {
+                        log.write(self.stream, chunk, &tether_protocol::time::now());
+                    }
+                    if let Some(hub) = attach.as_deref_mut() {
+                        hub.broadcast(self.stream, chunk, io);
+                    }
+                    if let Some(capture) = self.capture.as_mut() {
+                        capture.push(chunk);
+                    }
+                    if let Some(plain) = self.plain.as_mut() {
+                        plain.pending.extend_from_slice(chunk);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {
+                    self.buf = Vec::new();
+                    return;
+                }
+                Err(Errno::EIO) if self.src_is_tty && !process_exited => return,
+                Err(Errno::EIO) if self.src_is_tty => self.end(io, log.as_deref_mut()),
+                Err(e) => {
+                    crate::log!("{} fan-out: reading: {e}", self.stream.name());
+                    self.end(io, log.as_deref_mut());
+                }
+            }
+        }
+    }
+
+    /// The source ended: a log's unfinished line goes out, the source closes.
+    fn end(&mut self, io: &mut Io<'_>, log: Option<&mut CriLog>) {
+        if let Some(log) = log {
+            log.finish(self.stream, &tether_protocol::time::now());
+        }
+        self.eof = true;
+        self.buf = Vec::new();
+        self.close_src(io);
+    }
+
+    fn close_src(&mut self, io: &mut Io<'_>) {
+        if let (Some(src), Some(token)) = (self.src.take(), self.src_token.take()) {
+            io.unwatch_fd(src.as_raw_fd(), token);
+        }
+        if self.is_done() {
+            if let Some(plain) = self.plain.as_mut() {
+                if let Some(token) = plain.token.take() {
+                    io.unwatch_fd(plain.fd.as_raw_fd(), token);
+                }
+            }
+        }
+    }
+
+    pub fn take_drop_report(&mut self, now: Instant, force: bool) -> Option<DropReport> {
+        let done = self.is_done();
+        self.plain.as_mut()?.drops.take_report(now, force, done)
+    }
+
+    pub fn report_due(&self) -> Option<Instant> {
+        self.plain.as_ref()?.drops.report_due()
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.plain.as_ref().map_or(0, |p| p.drops.total())
+    }
+
+    /// The process is gone and its exit out: a FIFO's read end goes once nothing
+    /// unread is left behind it.
+    pub fn release_keepalive_if_drained(&mut self) {
+        if let Some(plain) = self.plain.as_mut() {
+            let drained = plain
+                .keepalive
+                .as_ref()
+                .is_some_and(|k| crate::sys::bytes_queued(k.as_raw_fd()) == Some(0));
+            if self.eof && plain.pending.is_empty() && drained {
+                plain.keepalive = None;
+            }
+        }
+    }
+
+    /// Frees everything (the process is being deleted, or the shim exits).
+    pub fn release(&mut self, io: &mut Io<'_>) {
+        self.eof = true;
+        if let Some(plain) = self.plain.as_mut() {
+            plain.pending.clear();
+            if let Some(token) = plain.token.take() {
+                io.unwatch_fd(plain.fd.as_raw_fd(), token);
+            }
+        }
+        self.close_src(io);
+        self.plain = None;
+        self.buf = Vec::new();
+    }
+}
+
+impl Plain {
+    /// Writes what waits. False while a FIFO cannot take it (the caller stops
+    /// reading); a target that refuses bytes (full disk) has them dropped instead.
+    fn write_pending(&mut self, stream: Stream) -> bool {
+        while !self.pending.is_empty() {
+            if self.drops.dropping() {
+                self.drops.count(self.pending.len());
+                self.pending.clear();
+                break;
+            }
+            match nix::unistd::write(&self.fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.drops.recovered(stream.name());
+                }
+                Err(Errno::EAGAIN) => return false,
+                Err(Errno::EINTR) => {}
+                Err(e) if refuses_bytes(e) => {
+                    let n = self.pending.len();
+                    self.pending.clear();
+                    self.drops.refused(e, n, stream.name());
+                }
+                Err(e) => {
+                    // EPIPE cannot come (the shim holds a read end); anything else
+                    // ends this target, never the process.
+                    crate::log!("{} output: {e}; its target takes no more", stream.name());
+                    let n = self.pending.len();
+                    self.pending.clear();
+                    self.drops.refused(e, n, stream.name());
+                }
+            }
+        }
+        if self.pending.capacity() > CHUNK {
+            self.pending = Vec::new();
+        }
+        true
+    }
+}
