@@ -670,7 +670,7 @@ fn rotated_logs(path: &Path) -> Vec<PathBuf> {
             .collect()
         })
         .unwrap_or_default();
-    numbered.sort_by(|a, b| b.0.cmp(&a.0));
+    numbered.sort_by_key(|n| std::cmp::Reverse(n.0));
     numbered.into_iter().map(|(_, p)| p).collect()
 }
 
