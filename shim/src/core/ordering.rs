@@ -62,7 +62,7 @@ pub fn next_deadline<'a>(procs: impl Iterator<Item = &'a Process>) -> Option<Ins
                 .exit_reaped_at()
                 .filter(|_| p.exit_unblocked_by_start())
                 .map(|t| t + OUTPUT_GRACE);
-            grace.into_iter().chain(p.io.report_due())
+            grace.into_iter().chain(p.io.due())
         })
         .min()
 }
@@ -74,6 +74,7 @@ impl Core {
         let now = Instant::now();
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
             report_drops(proc, now, false, &mut self.out);
+            proc.io.trim(now);
         }
         if self.processes().any(|p| p.exit_reaped_at().is_some()) {
             // An OOM kill is published before the exit it caused: look once more

@@ -15,7 +15,7 @@ use super::drops::{refuses_bytes, DropReport, Drops};
 use super::Stream;
 use nix::errno::Errno;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,9 +37,51 @@ pub struct CriLog {
     max_files: u32,
     /// Per stream (stdout, stderr): the start of a line not yet ended.
     partial: [Vec<u8>; 2],
-    /// Records of one chunk, written at once.
-    out: Vec<u8>,
     drops: [Drops; 2],
+}
+
+/// One record's content, in up to two pieces (a line begun in an earlier chunk, and
+/// the rest of it in this one).
+struct Record<'a> {
+    tag: u8,
+    a: &'a [u8],
+    b: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn new(tag: u8, a: &'a [u8], b: &'a [u8]) -> Record<'a> {
+        Record { tag, a, b }
+    }
+
+    fn len(&self) -> usize {
+        self.a.len() + self.b.len()
+    }
+}
+
+/// The line `a`+`b` as records: `P` of `max` bytes while more than `max` remain, then
+/// the rest as `F` if the line `ended`. Returns what is left unwritten (the rest of an
+/// unfinished line, at most `max` bytes), as pieces of `a` and `b`.
+fn split<'a>(
+    a: &'a [u8],
+    b: &'a [u8],
+    max: usize,
+    ended: bool,
+    out: &mut Vec<Record<'a>>,
+) -> (&'a [u8], &'a [u8]) {
+    let (mut a, mut b) = (a, b);
+    while a.len() + b.len() > max {
+        let from_a = a.len().min(max);
+        let (pa, ra) = a.split_at(from_a);
+        let (pb, rb) = b.split_at(max - from_a);
+        out.push(Record::new(b'P', pa, pb));
+        (a, b) = (ra, rb);
+    }
+    if ended {
+        out.push(Record::new(b'F', a, b));
+        (&[], &[])
+    } else {
+        (a, b)
+    }
 }
 
 fn index(stream: Stream) -> usize {
@@ -71,7 +113,6 @@ impl CriLog {
             max_size: p.max_size.unwrap_or(0),
             max_files,
             partial: [Vec::new(), Vec::new()],
-            out: Vec::new(),
             drops: [Drops::default(), Drops::default()],
         })
     }
@@ -80,103 +121,128 @@ impl CriLog {
         &self.path
     }
 
-    /// Records for `chunk` of `stream`, read at `ts`.
+    /// Records for `chunk` of `stream`, read at `ts`, written with writev straight
+    /// from `chunk` (and the line begun in an earlier chunk): no copy of the content.
     pub fn write(&mut self, stream: Stream, chunk: &[u8], ts: &str) {
         let i = index(stream);
-        let mut rest = chunk;
-        while !rest.is_empty() {
-            match memchr::memchr(b'\n', rest) {
-                Some(nl) => {
-                    let mut line = std::mem::take(&mut self.partial[i]);
-                    line.extend_from_slice(&rest[..nl]);
-                    self.full_line(stream, &line, ts);
-                    rest = &rest[nl + 1..];
-                }
-                None => {
-                    self.partial[i].extend_from_slice(rest);
-                    rest = &[];
-                    // Only what certainly goes beyond max_line is cut off now.
-                    let mut partial = std::mem::take(&mut self.partial[i]);
-                    let mut start = 0;
-                    while partial.len() - start > self.max_line {
-                        self.record(stream, b'P', &partial[start..start + self.max_line], ts);
-                        start += self.max_line;
-                    }
-                    partial.drain(..start);
-                    self.partial[i] = partial;
-                }
-            }
+        let prefix = std::mem::take(&mut self.partial[i]);
+        let mut records: Vec<Record> = Vec::new();
+        let (mut a, mut rest): (&[u8], &[u8]) = (&prefix, chunk);
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            split(a, &rest[..nl], self.max_line, true, &mut records);
+            a = &[];
+            rest = &rest[nl + 1..];
         }
-        self.flush(stream);
+        // The unfinished line: what goes beyond max_line now, the rest waits.
+        let kept = split(a, rest, self.max_line, false, &mut records);
+        let mut partial = Vec::with_capacity(kept.0.len() + kept.1.len());
+        partial.extend_from_slice(kept.0);
+        partial.extend_from_slice(kept.1);
+        self.emit(stream, &records, ts);
+        self.partial[i] = partial;
     }
 
     /// The stream ended: a line without its newline goes out as `P`.
     pub fn finish(&mut self, stream: Stream, ts: &str) {
         let partial = std::mem::take(&mut self.partial[index(stream)]);
         if !partial.is_empty() {
-            self.record(stream, b'P', &partial, ts);
-            self.flush(stream);
+            self.emit(stream, &[Record::new(b'P', &partial, &[])], ts);
         }
     }
 
-    /// A line ended: `P` records of max_line while more than max_line remain, then `F`.
-    fn full_line(&mut self, stream: Stream, line: &[u8], ts: &str) {
+    /// Writes `records`, rotating first when the next would pass `max_size`.
+    fn emit(&mut self, stream: Stream, records: &[Record], ts: &str) {
+        let heads = [b'P', b'F'].map(|tag| {
+            let mut h = Vec::with_capacity(ts.len() + 10);
+            h.extend_from_slice(ts.as_bytes());
+            h.push(b' ');
+            h.extend_from_slice(stream.name().as_bytes());
+            h.push(b' ');
+            h.push(tag);
+            h.push(b' ');
+            h
+        });
+        let head_len = heads[0].len() as u64;
         let mut start = 0;
-        while line.len() - start > self.max_line {
-            self.record(stream, b'P', &line[start..start + self.max_line], ts);
-            start += self.max_line;
+        let mut batch_len = 0u64;
+        for (k, r) in records.iter().enumerate() {
+            let len = head_len + r.len() as u64 + 1;
+            let full =
+                self.max_size > 0 && self.size + batch_len > 0 && self.size + batch_len + len > self.max_size;
+            // writev takes at most 1024 slices: 4 a record, 250 records a call.
+            if full || k - start == 250 {
+                self.write_batch(stream, &records[start..k], &heads);
+                start = k;
+                batch_len = 0;
+                if full {
+                    self.rotate();
+                }
+            }
+            batch_len += len;
         }
-        self.record(stream, b'F', &line[start..], ts);
+        self.write_batch(stream, &records[start..], &heads);
     }
 
-    fn record(&mut self, stream: Stream, tag: u8, content: &[u8], ts: &str) {
-        let len = ts.len() + stream.name().len() + content.len() + 5;
-        if self.max_size > 0 && self.size > 0 && self.size + (self.out.len() + len) as u64 > self.max_size {
-            self.flush(stream);
-            self.rotate();
-        }
-        self.out.reserve(len);
-        self.out.extend_from_slice(ts.as_bytes());
-        self.out.push(b' ');
-        self.out.extend_from_slice(stream.name().as_bytes());
-        self.out.push(b' ');
-        self.out.push(tag);
-        self.out.push(b' ');
-        self.out.extend_from_slice(content);
-        self.out.push(b'\n');
-    }
-
-    /// Writes the assembled records (or drops and counts them).
-    fn flush(&mut self, stream: Stream) {
-        if self.out.is_empty() {
+    /// One writev of whole records. A disk that refuses them: they are dropped and
+    /// counted, and a record the disk cut short is cut off the file again, so the log
+    /// holds whole records only.
+    fn write_batch(&mut self, stream: Stream, records: &[Record], heads: &[Vec<u8>; 2]) {
+        if records.is_empty() {
             return;
         }
         let drops = &mut self.drops[index(stream)];
-        let n = self.out.len();
+        let content: usize = records.iter().map(Record::len).sum();
         if drops.dropping() {
-            drops.count(n);
-        } else {
-            match self.file.write_all(&self.out) {
-                Ok(()) => {
-                    self.size += n as u64;
-                    drops.recovered("log");
-                }
-                Err(e) => {
-                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-                    // A record cut short by the disk: its newline ends it, so the
-                    // next record still starts a line.
-                    let _ = self.file.write_all(b"\n");
-                    if !refuses_bytes(errno) {
-                        crate::log!("log {}: {e}", self.path.display());
-                    }
-                    drops.refused(errno, n, "log");
+            return drops.count(content);
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(records.len() * 4);
+        let mut ends = Vec::with_capacity(records.len());
+        let mut total = 0u64;
+        for r in records {
+            slices.push(IoSlice::new(&heads[usize::from(r.tag == b'F')]));
+            for part in [r.a, r.b] {
+                if !part.is_empty() {
+                    slices.push(IoSlice::new(part));
                 }
             }
+            slices.push(IoSlice::new(b"\n"));
+            total += heads[0].len() as u64 + r.len() as u64 + 1;
+            ends.push(total);
         }
-        self.out.clear();
-        if self.out.capacity() > 64 << 10 {
-            self.out = Vec::new();
+        let mut left: &mut [IoSlice<'_>] = &mut slices;
+        let mut written = 0u64;
+        let error = loop {
+            if left.is_empty() {
+                break None;
+            }
+            match self.file.write_vectored(left) {
+                Ok(0) => break Some(Errno::ENOSPC),
+                Ok(n) => {
+                    written += n as u64;
+                    IoSlice::advance_slices(&mut left, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+            }
+        };
+        let Some(e) = error else {
+            self.size += written;
+            return drops.recovered("log");
+        };
+        // Keep the whole records that made it; cut off a torn one.
+        let whole = ends.iter().take_while(|end| **end <= written).count();
+        let kept = if whole == 0 { 0 } else { ends[whole - 1] };
+        if kept < written {
+            if let Err(cut) = self.file.set_len(self.size + kept) {
+                crate::log!("log {}: cannot cut a torn record off: {cut}", self.path.display());
+            }
         }
+        self.size += kept;
+        let lost: usize = records[whole..].iter().map(Record::len).sum();
+        if !refuses_bytes(e) {
+            crate::log!("log {}: {e}", self.path.display());
+        }
+        drops.refused(e, lost, "log");
     }
 
     /// log -> log.1 -> ... -> log.(max_files-1); the oldest goes. A new, empty log.

@@ -20,8 +20,11 @@ use nix::errno::Errno;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-/// Bytes read at once.
-const CHUNK: usize = 64 << 10;
+/// Bytes read at once: fewer, larger reads keep the shim's share of a busy stream
+/// small (the pipe holds up to 1 MiB).
+const CHUNK: usize = 256 << 10;
+/// A read buffer unused this long is given back (a busy stream keeps its own).
+const IDLE_BUFFER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Output kept in memory for an `exec` with `capture`.
 #[derive(Debug, Default)]
@@ -57,8 +60,9 @@ pub struct Fanout {
     src_is_tty: bool,
     plain: Option<Plain>,
     pub capture: Option<Capture>,
-    /// Allocated while output flows.
+    /// Allocated while output flows; given back once idle (see IDLE_BUFFER).
     buf: Vec<u8>,
+    buf_used: Option<Instant>,
     /// The source has ended (pending bytes may still be on their way).
     eof: bool,
 }
@@ -74,6 +78,7 @@ impl Fanout {
             plain: None,
             capture: None,
             buf: Vec::new(),
+            buf_used: None,
             eof: false,
         })
     }
@@ -152,6 +157,7 @@ impl Fanout {
             if self.buf.is_empty() {
                 self.buf = vec![0; CHUNK];
             }
+            self.buf_used = Some(Instant::now());
             match nix::unistd::read(src.as_raw_fd(), &mut self.buf) {
                 Ok(0) => self.end(io, log.as_deref_mut()),
                 Ok(n) => {
@@ -170,10 +176,7 @@ impl Fanout {
                     }
                 }
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => {
-                    self.buf = Vec::new();
-                    return;
-                }
+                Err(Errno::EAGAIN) => return,
                 Err(Errno::EIO) if self.src_is_tty && !process_exited => return,
                 Err(Errno::EIO) if self.src_is_tty => self.end(io, log.as_deref_mut()),
                 Err(e) => {
@@ -212,8 +215,23 @@ impl Fanout {
         self.plain.as_mut()?.drops.take_report(now, force, done)
     }
 
-    pub fn report_due(&self) -> Option<Instant> {
-        self.plain.as_ref()?.drops.report_due()
+    /// When this fan-out must be looked at again: a drop report, or its read buffer
+    /// to give back.
+    pub fn due(&self) -> Option<Instant> {
+        let report = self.plain.as_ref().and_then(|p| p.drops.report_due());
+        let idle = self
+            .buf_used
+            .filter(|_| !self.buf.is_empty())
+            .map(|t| t + IDLE_BUFFER);
+        report.into_iter().chain(idle).min()
+    }
+
+    /// Gives the read buffer back if no output came for a while.
+    pub fn trim(&mut self, now: Instant) {
+        if self.buf_used.is_some_and(|t| now >= t + IDLE_BUFFER) {
+            self.buf = Vec::new();
+            self.buf_used = None;
+        }
     }
 
     pub fn dropped_total(&self) -> u64 {

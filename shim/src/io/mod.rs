@@ -102,13 +102,22 @@ impl ProcessIo {
         reports
     }
 
-    pub fn report_due(&self) -> Option<Instant> {
+    /// When this process's stdio must be looked at again: a drop report, an idle
+    /// read buffer to give back.
+    pub fn due(&self) -> Option<Instant> {
         let relays = self.relays.iter().filter_map(|r| r.report_due());
-        let fanouts = self.fanouts.iter().filter_map(|f| f.report_due());
+        let fanouts = self.fanouts.iter().filter_map(|f| f.due());
         relays
             .chain(fanouts)
             .chain(self.log.as_ref().and_then(CriLog::report_due))
             .min()
+    }
+
+    /// Gives back read buffers idle for a while.
+    pub fn trim(&mut self, now: Instant) {
+        for f in &mut self.fanouts {
+            f.trim(now);
+        }
     }
 
     pub fn dropped_total(&self) -> u64 {

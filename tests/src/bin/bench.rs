@@ -56,7 +56,9 @@ fn main() {
             "{tool} is not installed: run scripts/bench (it installs the peers)"
         );
     }
-    let work = PathBuf::from("/tmp/tether-bench");
+    // A directory of this run's own: a bench (or a test suite's bench smoke) running
+    // beside it cannot clean this one's containers away.
+    let work = PathBuf::from(format!("/tmp/tether-bench-{}", std::process::id()));
     cleanup_leftovers(&work);
     fs::create_dir_all(&work).unwrap();
     // Everything (runc's root, every monitor's state and logs) on a tmpfs, as /run is
@@ -108,7 +110,7 @@ fn main() {
     eprintln!("bench: output throughput");
     let mb = if quick { 128 } else { 1024 };
     for _ in 0..(if quick { 1 } else { 2 }) {
-        for sys in b.with_base(&["floor", "tether", "conmon", "containerd"]) {
+        for sys in b.with_base(&["floor", "tether", "tether-log", "conmon", "containerd"]) {
             let (mbps, cpu) = b.throughput(sys, mb);
             b.record("throughput_mbps", sys, mbps);
             b.record("cpu_s_per_gb", sys, cpu);
@@ -152,7 +154,42 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Removes what an earlier, interrupted run left: containers, shims, containerd.
+/// This run's containerd namespace.
+fn namespace() -> String {
+    format!("tbench{}", std::process::id())
+}
+
 fn cleanup_leftovers(work: &Path) {
+    kill_leftovers(work);
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(work)
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_dir_all(work);
+    // Directories of runs that died without cleaning up.
+    for e in fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("tether-bench-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_leftovers(&e.path());
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(e.path())
+                .stderr(Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Containers and monitors of the run in `work` (and its containerd namespace).
+fn kill_leftovers(work: &Path) {
     let root = work.join("runc");
     if let Ok(out) = Command::new("runc")
         .args(["--root", root.to_str().unwrap(), "list", "-q"])
@@ -165,18 +202,16 @@ fn cleanup_leftovers(work: &Path) {
         }
     }
     let _ = Command::new("pkill")
-        .args(["-9", "-f", "/tmp/tether-bench/"])
+        .args(["-9", "-f", &format!("{}/", work.display())])
         .status();
     let _ = Command::new("pkill")
-        .args(["-9", "-f", "containerd-shim-runc-v2 -namespace tbench"])
+        .args([
+            "-9",
+            "-f",
+            &format!("containerd-shim-runc-v2 -namespace {} ", namespace()),
+        ])
         .status();
     std::thread::sleep(Duration::from_millis(100));
-    let _ = Command::new("umount")
-        .arg("-l")
-        .arg(work)
-        .stderr(Stdio::null())
-        .status();
-    let _ = fs::remove_dir_all(work);
 }
 
 /// Median, min, max.
@@ -291,7 +326,7 @@ impl Containerd {
 
     fn ctr(&self) -> Command {
         let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.sock).args(["-n", "tbench"]);
+        c.arg("-a").arg(&self.sock).args(["-n", &namespace()]);
         c
     }
 
@@ -329,7 +364,7 @@ impl Containerd {
     }
 
     fn shim_pid(&self, id: &str) -> i32 {
-        let pat = format!("containerd-shim-runc-v2 -namespace tbench -id {id} ");
+        let pat = format!("containerd-shim-runc-v2 -namespace {} -id {id} ", namespace());
         let mut found = 0;
         wait_for("containerd shim pid", Duration::from_secs(10), || {
             found = pgrep(&pat);
@@ -819,6 +854,32 @@ impl Bench {
                 self.runc_delete(&id);
                 (rate(d), 0.0)
             }
+            "tether-log" => {
+                // Beside conmon's k8s-file: the output to a CRI log only, no FIFO.
+                let (mut c, state) = self.launch_shim("tether", &id, &bundle);
+                let log = state.with_extension("ctr.log");
+                c.create(&CreateParams {
+                    stdin: Some("/dev/null".into()),
+                    log: Some(tether_protocol::LogParams {
+                        path: log.display().to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .unwrap();
+                let shim = Self::tether_pid(&state);
+                let cpu0 = cpu_seconds(shim).unwrap();
+                let t = Instant::now();
+                c.start().unwrap();
+                c.wait(None).unwrap();
+                let d = t.elapsed();
+                let cpu = cpu_seconds(shim).unwrap() - cpu0;
+                let logged = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                assert!(logged >= bytes, "tether logged {logged} of {bytes} bytes");
+                Self::tether_remove(&mut c, &state);
+                let _ = fs::remove_file(&log);
+                (rate(d), per_gb(cpu))
+            }
             "tether" | "base" => {
                 let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 let created = c
@@ -909,7 +970,7 @@ impl Bench {
     /// PSS of one idle monitor, then private dirty and PSS summed over `n` idle ones.
     fn idle_memory(&mut self, n: usize) {
         let bundle = self.bundle("sleep", &["sleep", "1000"]);
-        for sys in self.with_base(&["tether"]) {
+        for sys in self.with_base(&["tether", "tether-log"]) {
             self.tether_idle_memory(sys, n, &bundle);
         }
         self.peers_idle_memory(n, &bundle);
@@ -931,15 +992,28 @@ impl Bench {
         let mut shims = Vec::new();
         for i in 0..n {
             let id = self.id("m");
-            let (mut c, state) = self.launch_shim(sys, &id, bundle);
+            let shim = if sys == "tether-log" { "tether" } else { sys };
+            let (mut c, state) = self.launch_shim(shim, &id, bundle);
             let log = state.with_extension("log");
-            c.create(&CreateParams {
-                stdin: Some("/dev/null".into()),
-                stdout: Some(log.display().to_string()),
-                stderr: Some(log.display().to_string()),
-                ..Default::default()
-            })
-            .unwrap();
+            let params = if sys == "tether-log" {
+                // As conmon is run here: a CRI log, no FIFO.
+                CreateParams {
+                    stdin: Some("/dev/null".into()),
+                    log: Some(tether_protocol::LogParams {
+                        path: log.display().to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            } else {
+                CreateParams {
+                    stdin: Some("/dev/null".into()),
+                    stdout: Some(log.display().to_string()),
+                    stderr: Some(log.display().to_string()),
+                    ..Default::default()
+                }
+            };
+            c.create(&params).unwrap();
             c.start().unwrap();
             if i == 0 {
                 self.single_figures(sys, Self::tether_pid(&state));
@@ -1027,11 +1101,12 @@ impl Bench {
         let n_idle = if self.quick { 5 } else { 50 };
         let mut figures = serde_json::Map::new();
         println!(
-            "\n{:<34} {:>24} {:>24} {:>24} {:>24}{}",
+            "\n{:<34} {:>24} {:>24} {:>24} {:>24} {:>24}{}",
             "figure (median, min-max)",
             "runc / floor",
             "tether",
-            "conmon",
+            "tether + CRI log",
+            "conmon (k8s-file)",
             "containerd-shim",
             if self.baseline.is_some() {
                 format!(" {:>24}", "base")
@@ -1042,7 +1117,15 @@ impl Bench {
         for (figure, systems) in &self.samples {
             let mut row = serde_json::Map::new();
             let mut cells = Vec::new();
-            for sys in ["runc", "floor", "tether", "conmon", "containerd", "base"] {
+            for sys in [
+                "runc",
+                "floor",
+                "tether",
+                "tether-log",
+                "conmon",
+                "containerd",
+                "base",
+            ] {
                 if let Some(v) = systems.get(sys) {
                     let (med, lo, hi) = stats(v);
                     row.insert(
@@ -1060,10 +1143,11 @@ impl Bench {
                     .unwrap_or_else(|| "-".into())
             };
             println!(
-                "{:<34} {:>24} {:>24} {:>24} {:>24}{}",
+                "{:<34} {:>24} {:>24} {:>24} {:>24} {:>24}{}",
                 figure,
                 cell(&["runc", "floor"]),
                 cell(&["tether"]),
+                cell(&["tether-log"]),
                 cell(&["conmon"]),
                 cell(&["containerd"]),
                 if self.baseline.is_some() {
@@ -1162,6 +1246,25 @@ impl Bench {
                 0.25,
                 true,
             ),
+            (
+                "CRI log throughput: tether/conmon",
+                m("throughput_mbps", "tether-log") / m("throughput_mbps", "conmon"),
+                1.0,
+                false,
+            ),
+            (
+                "CRI log CPU per GB: tether/conmon",
+                m("cpu_s_per_gb", "tether-log") / m("cpu_s_per_gb", "conmon"),
+                0.25,
+                true,
+            ),
+            (
+                "private dirty per container, with a log: tether/conmon",
+                m("private_dirty_per_container_kb", "tether-log")
+                    / m("private_dirty_per_container_kb", "conmon"),
+                0.5,
+                true,
+            ),
         ];
         if self.baseline.is_some() {
             println!("\n{:<48} {:>8}", "tether / base (same run)", "ratio");
@@ -1218,7 +1321,7 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        cleanup_leftovers(&self.work.join("never")); // containers and shims only
+        kill_leftovers(&self.work); // containers and shims only
     }
 }
 
