@@ -152,15 +152,21 @@ pub struct PreparedFile {
 /// Bytes reserved in a prepared file: an exit record is about 200.
 const PREPARED_RESERVE: usize = 1024;
 
+/// `path`'s temp file beside it (`.tmp`), made afresh, 0600.
+fn open_temp(path: &Path) -> io::Result<(PathBuf, fs::File)> {
+    let tmp = path.with_extension("tmp");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    Ok((tmp, file))
+}
+
 impl PreparedFile {
     pub fn create(path: &Path) -> io::Result<PreparedFile> {
-        let tmp = path.with_extension("tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let (tmp, mut file) = open_temp(path)?;
         file.write_all(&[b' '; PREPARED_RESERVE])?;
         Ok(PreparedFile {
             path: path.to_path_buf(),
@@ -186,13 +192,7 @@ impl PreparedFile {
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never
 /// a part: write a temp file beside it, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let (tmp, mut file) = open_temp(path)?;
     file.write_all(bytes)?;
     fs::rename(&tmp, path)
 }

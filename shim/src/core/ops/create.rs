@@ -89,11 +89,7 @@ impl Core {
         failure: Option<CoreError>,
         io: &mut Io<'_>,
     ) {
-        let adopted = match failure {
-            Some(e) => Err(e),
-            None => self.read_pid_file(INIT_PROCESS, "create"),
-        };
-        let pid = match adopted {
+        let pid = match failure.map_or_else(|| self.read_pid_file(INIT_PROCESS, "create"), Err) {
             Ok(pid) => pid,
             Err(e) => return self.clean_up_failed_create(ticket, e, io),
         };

@@ -97,11 +97,7 @@ impl Core {
         failure: Option<CoreError>,
         io: &mut Io<'_>,
     ) {
-        let adopted = match failure {
-            Some(e) => Err(e),
-            None => self.read_pid_file(&name, "exec"),
-        };
-        let pid = match adopted {
+        let pid = match failure.map_or_else(|| self.read_pid_file(&name, "exec"), Err) {
             Ok(pid) => pid,
             Err(e) => {
                 // Nothing of it is left: its fds, files and waiters go.
