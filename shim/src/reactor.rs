@@ -229,7 +229,8 @@ impl Reactor {
                 crate::memory::give_back();
             }
             if let Some((at, remove)) = exiting {
-                if flushed || Instant::now() >= at {
+                let done = self.fronts.iter().all(|f| f.ready_to_exit());
+                if done || Instant::now() >= at {
                     self.finish(remove);
                     return Ok(());
                 }
