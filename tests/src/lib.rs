@@ -14,6 +14,8 @@ use tether_protocol::{Client, CreateParams, Event};
 
 pub use tether_protocol;
 
+pub mod containerd;
+
 /// Fails the test (never skips) when root or runc is missing.
 pub fn require_root_and_runc() {
     // SAFETY: geteuid has no preconditions.
