@@ -52,10 +52,19 @@ impl Env {
         c
     }
 
+    /// Where detached tasks' FIFOs go (ctr removes them only at `task rm`).
+    fn fifo_dir(&self) -> String {
+        self.work.path().join("fifo").display().to_string()
+    }
+
     /// A detached `sleep` container; its init pid.
     fn run_sleeper(&self, id: &str) -> i32 {
         let out = self
-            .run(&["-d"], id, &["/bin/sleep", "1000"])
+            .run(
+                &["-d", "--fifo-dir", &self.fifo_dir()],
+                id,
+                &["/bin/sleep", "1000"],
+            )
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -131,14 +140,36 @@ impl Env {
 }
 
 impl Drop for Env {
+    /// Whatever a failed test left: its shims, its containers, the runtime's dir.
     fn drop(&mut self) {
-        let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(&self.ctd.namespace));
+        let ns = self.ctd.namespace.clone();
+        while let Some(pid) = shim_of(&ns, "") {
+            // SAFETY: signalling a shim of this test's own namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let root = Path::new("/run/containerd/runc").join(&ns);
+        for id in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force"])
+                .arg(id.file_name())
+                .output();
+        }
+        let _ = fs::remove_dir(&root);
     }
 }
 
-/// The pid of the shim serving `id` in `ns` (its command line names both).
+/// The pid of the shim serving `id` in `ns` (its command line names both); any
+/// shim of `ns` if `id` is empty.
 fn shim_of(ns: &str, id: &str) -> Option<i32> {
-    let want = [format!("-namespace\0{ns}\0"), format!("-id\0{id}\0")];
+    let id = if id.is_empty() {
+        String::new()
+    } else {
+        format!("-id\0{id}\0")
+    };
+    let want = [format!("-namespace\0{ns}\0"), id];
     fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -557,6 +588,8 @@ fn shim_killed_leaves_nothing_and_containerd_gets_exit_137() {
         .args([
             "run",
             "-d",
+            "--fifo-dir",
+            &e.fifo_dir(),
             "--runtime",
             &e.runtime,
             image,
