@@ -31,16 +31,18 @@ pub struct Containerd {
     pub sock: PathBuf,
     pub namespace: String,
     env: Vec<(String, String)>,
+    /// `--log-level debug`: containerd logs every event it is forwarded.
+    debug: bool,
     child: Option<Child>,
 }
 
 impl Containerd {
     pub fn start(dir: &Path, namespace: &str) -> Containerd {
-        Self::start_with_env(dir, namespace, &[])
+        Self::start_with(dir, namespace, &[], false)
     }
 
     /// `env` is added to containerd's environment (and so to its shims').
-    pub fn start_with_env(dir: &Path, namespace: &str, env: &[(&str, &str)]) -> Containerd {
+    pub fn start_with(dir: &Path, namespace: &str, env: &[(&str, &str)], debug: bool) -> Containerd {
         require_containerd();
         fs::create_dir_all(dir).expect("containerd dir");
         let sock = dir.join("containerd.sock");
@@ -57,6 +59,7 @@ impl Containerd {
             sock,
             namespace: namespace.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            debug,
             child: None,
         };
         c.spawn();
@@ -69,10 +72,11 @@ impl Containerd {
             .append(true)
             .open(self.dir.join("containerd.log"))
             .expect("containerd.log");
+        let level = if self.debug { "debug" } else { "info" };
         let child = Command::new("containerd")
             .arg("--config")
             .arg(self.dir.join("config.toml"))
-            .args(["--log-level", "debug"])
+            .args(["--log-level", level])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

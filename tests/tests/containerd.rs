@@ -27,10 +27,11 @@ impl Env {
         let work = TempDir::new("tether-ctd");
         let state_root = work.path().join("tstate");
         let ns = unique_id("tns");
-        let ctd = Containerd::start_with_env(
+        let ctd = Containerd::start_with(
             &work.path().join("containerd"),
             &ns,
             &[("TETHER_STATE_ROOT", state_root.to_str().unwrap())],
+            true,
         );
         Env {
             ctd,
@@ -373,6 +374,14 @@ fn exec_ps_pause_resume_metrics_update_kill_and_event_order() {
     let pid = e.run_sleeper("l1");
     let address = e.address("l1");
     assert!(address.starts_with("unix:///run/containerd/s/"), "{address}");
+    // The JSON-RPC socket serves beside the task API (a person's socat).
+    let state = fs::read_link(e.ctd.bundle("l1").join("tether-state")).unwrap();
+    assert_eq!(state, e.state_dir("l1"));
+    let mut jsonrpc = tether_tests::tether_protocol::Client::connect(state.join("shim.sock")).unwrap();
+    let st = jsonrpc.state().unwrap();
+    assert_eq!((st.id.as_str(), st.pid), ("l1", Some(pid)));
+    assert_eq!(st.status, tether_tests::tether_protocol::ContainerStatus::Running);
+    drop(jsonrpc);
 
     let out = e.ctd.ctr_out(&[
         "task",
