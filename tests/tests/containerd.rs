@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tether_tests::containerd::*;
 use tether_tests::{binary, pid_gone, shared_rootfs, unique_id, wait_until, TempDir};
 
+const TASK: &str = "containerd.task.v2.Task";
+
 struct Env {
     work: TempDir,
     ctd: Containerd,
@@ -136,6 +138,14 @@ impl Env {
                 !Path::new(s.trim_start_matches("unix://")).exists(),
                 "socket {s} left"
             );
+        }
+        // containerd runs the shim's `delete` after every shim exit: it must be clean.
+        let log = self.ctd.log();
+        for bad in [
+            "failed to delete dead shim",
+            "warnings while cleaning up dead shim",
+        ] {
+            assert!(!log.contains(bad), "containerd: {bad}:\n{log}");
         }
     }
 }
@@ -325,15 +335,18 @@ fn read_until(master: &mut fs::File, seen: &mut String, want: &str) {
     }
 }
 
-#[test]
-fn tty_run_with_a_resize() {
-    let e = Env::new();
+/// The shell script a terminal test runs: prints the size once it is set, then
+/// again once it changed. (stty fails now and then while the terminal is being
+/// set up: only sizes count.)
+const RESIZE_SCRIPT: &str = "s() { stty size 2>/dev/null; }; \
+    until [ -n \"$(s)\" ] && [ \"$(s)\" != '0 0' ]; do sleep 0.05; done; echo size=$(s); \
+    while [ \"$(s)\" = '30 100' ] || [ -z \"$(s)\" ]; do sleep 0.05; done; echo size=$(s)";
+
+/// Runs `cmd` (a `ctr ... -t ... RESIZE_SCRIPT`) on a 30x100 terminal, resizes the
+/// terminal to 40x120 once the process saw the first size, and expects it to see
+/// the second (ctr forwards SIGWINCH as ResizePty).
+fn drive_resize(mut cmd: Command) {
     let (master, slave) = openpty(30, 100);
-    // stty fails now and then while the terminal is being set up: only sizes count.
-    let script = "s() { stty size 2>/dev/null; }; \
-                  until [ -n \"$(s)\" ] && [ \"$(s)\" != '0 0' ]; do sleep 0.05; done; echo size=$(s); \
-                  while [ \"$(s)\" = '30 100' ] || [ -z \"$(s)\" ]; do sleep 0.05; done; echo size=$(s)";
-    let mut cmd = e.run(&["--rm", "-t"], "tty1", &["/bin/sh", "-c", script]);
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
@@ -363,8 +376,73 @@ fn tty_run_with_a_resize() {
     }
     read_until(&mut master, &mut seen, "size=40 120");
     let status = child.wait().unwrap();
-    assert!(status.success(), "ctr run -t: {status:?}; terminal: {seen:?}");
+    assert!(status.success(), "ctr -t: {status:?}; terminal: {seen:?}");
+}
+
+#[test]
+fn tty_run_and_tty_exec_with_a_resize() {
+    let e = Env::new();
+    drive_resize(e.run(&["--rm", "-t"], "tty1", &["/bin/sh", "-c", RESIZE_SCRIPT]));
     e.assert_clean("tty1", None);
+    e.run_sleeper("tty2");
+    let mut exec = e.ctd.ctr();
+    exec.args([
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "x1",
+        "tty2",
+        "/bin/sh",
+        "-c",
+        RESIZE_SCRIPT,
+    ]);
+    drive_resize(exec);
+    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "tty2"]);
+    wait_until(Duration::from_secs(10), "tty2 to stop", || {
+        task_status(&e.ctd, "tty2").as_deref() == Some("STOPPED")
+    });
+    e.ctd.ctr_ok(&["task", "rm", "tty2"]);
+    e.ctd.ctr_ok(&["container", "rm", "tty2"]);
+    e.assert_clean("tty2", None);
+}
+
+#[test]
+fn concurrent_waits_on_one_connection_and_calls_between() {
+    let e = Env::new();
+    e.run_sleeper("w1");
+    let address = e.address("w1");
+    let mut c = TtrpcClient::connect(&address);
+    let wait = ttrpc_request(TASK, "Wait", &pb_bytes(1, b"w1"));
+    let mut waits: Vec<u32> = (0..3)
+        .map(|_| c.send_frame(wait.len() as u32, 1, &wait))
+        .collect();
+    // Blocked Waits hold nothing up: State is answered at once, RUNNING (2).
+    let state = ttrpc_request(TASK, "State", &pb_bytes(1, b"w1"));
+    let s = c.send_frame(state.len() as u32, 1, &state);
+    let a = c.read_answer();
+    assert_eq!((a.stream, a.code), (s, 0), "{}", a.message);
+    assert!(
+        pb_fields(&a.payload).contains(&(4, Ok(2))),
+        "{:?}",
+        pb_fields(&a.payload)
+    );
+    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "w1"]);
+    let mut answered: Vec<u32> = (0..3)
+        .map(|_| {
+            let a = c.read_answer();
+            assert_eq!(a.code, 0, "{}", a.message);
+            assert!(pb_fields(&a.payload).contains(&(1, Ok(137))));
+            a.stream
+        })
+        .collect();
+    answered.sort();
+    waits.sort();
+    assert_eq!(answered, waits);
+    drop(c);
+    e.ctd.ctr_ok(&["task", "rm", "w1"]);
+    e.ctd.ctr_ok(&["container", "rm", "w1"]);
+    e.assert_clean("w1", Some(&address));
 }
 
 #[test]
