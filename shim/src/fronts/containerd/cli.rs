@@ -192,12 +192,7 @@ fn bundle(f: &Flags) -> Result<PathBuf, String> {
 fn start(f: &Flags) -> Result<(), String> {
     checked(f)?;
     launch::reexec_with_malloc_tunables();
-    // containerd writes runtime options (1.6/1.7) or bootstrap params (2.x) here; the
-    // shim is configured by its environment instead. Read so the writer never blocks.
-    let _ = std::io::copy(
-        &mut std::io::stdin().lock().take(STDIN_LIMIT),
-        &mut std::io::sink(),
-    );
+    drain_stdin();
     let bundle = bundle(f)?;
     let socket = socket_path(f);
     let address = format!("unix://{}", socket.display());
@@ -233,6 +228,18 @@ fn start(f: &Flags) -> Result<(), String> {
     });
     let dir = launch::spawn(opts, Some(extra))?;
     announce(&bundle, &address, Some(&dir))
+}
+
+/// containerd writes runtime options (1.6/1.7) or bootstrap params (2.x) to the
+/// shim's stdin; the shim is configured by its environment instead. Read so the
+/// writer never blocks. Not inlined: the copy's 8 KiB buffer must not sit in the
+/// frame the shim forks from, whose pages it would keep for life.
+#[inline(never)]
+fn drain_stdin() {
+    let _ = std::io::copy(
+        &mut std::io::stdin().lock().take(STDIN_LIMIT),
+        &mut std::io::sink(),
+    );
 }
 
 fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, String> {
