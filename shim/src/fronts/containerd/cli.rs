@@ -226,6 +226,7 @@ fn start(f: &Flags) -> Result<(), String> {
             .add_front(|owner, io| Containerd::new(listener, config, id, owner, io))
             .map_err(|e| format!("cannot serve the task API: {e}"))
     });
+    raise_oom_score();
     let dir = launch::spawn(opts, Some(extra))?;
     announce(&bundle, &address, Some(&dir))
 }
@@ -240,6 +241,19 @@ fn drain_stdin() {
         &mut std::io::stdin().lock().take(STDIN_LIMIT),
         &mut std::io::sink(),
     );
+}
+
+/// As containerd's own shims: one point more likely than containerd to be picked by
+/// the OOM killer (the shim inherits containerd's score; raising it needs no
+/// privilege). Best effort.
+fn raise_oom_score() {
+    let path = "/proc/self/oom_score_adj";
+    let score = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(score) = score.filter(|s| *s < 1000) {
+        let _ = std::fs::write(path, (score + 1).to_string());
+    }
 }
 
 fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, String> {

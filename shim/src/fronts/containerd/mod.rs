@@ -31,7 +31,7 @@ use service::{status, Asker, Handled, Service, Then};
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use ttrpc::{code, Input, Link};
 
 const FRAMES_PER_TURN: usize = 64;
@@ -41,6 +41,8 @@ const MAX_PENDING: usize = 4096;
 const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 /// Request flag: the client streams data after the request (not supported here).
 const FLAG_REMOTE_OPEN: u8 = 0x2;
+/// After `accept` fails (out of descriptors): when to try again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// How the shim was started by containerd.
 pub struct Config {
@@ -66,6 +68,8 @@ pub struct Containerd {
     conns: HashMap<Token, Conn>,
     pending: HashMap<Ticket, (Asker, Then)>,
     backlog: Vec<Token>,
+    /// `accept` ran out of descriptors: retry at this time.
+    accept_retry: Option<Instant>,
     service: Service,
     publisher: Publisher,
 }
@@ -88,12 +92,14 @@ impl Containerd {
             conns: HashMap::new(),
             pending: HashMap::new(),
             backlog: Vec::new(),
+            accept_retry: None,
             service: Service::new(config.namespace.clone(), config.bundle, id),
             publisher: Publisher::new(config.events_address, config.namespace, owner),
         })
     }
 
     fn accept(&mut self, io: &mut Io<'_>) {
+        self.accept_retry = None;
         let Some((listener, _)) = self.listener.as_ref() else {
             return;
         };
@@ -116,10 +122,15 @@ impl Containerd {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        crate::log!("accept on {} failed: {e}", self.socket.display());
-                    }
+                    // EMFILE and friends: a client queued now would wait for a
+                    // readiness that only another connection brings. Retry soon.
+                    crate::log!(
+                        "accept on {} failed: {e}; retrying in {ACCEPT_RETRY:?}",
+                        self.socket.display()
+                    );
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }
@@ -321,6 +332,9 @@ impl Front for Containerd {
     }
 
     fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+            self.accept(io);
+        }
         let backlog = std::mem::take(&mut self.backlog);
         for (i, token) in backlog.iter().enumerate() {
             if !backlog[..i].contains(token) {
@@ -334,7 +348,10 @@ impl Front for Containerd {
         if !self.backlog.is_empty() {
             return Some(Instant::now());
         }
-        self.publisher.next_deadline()
+        [self.publisher.next_deadline(), self.accept_retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn stop_accepting(&mut self, io: &mut Io<'_>) {
