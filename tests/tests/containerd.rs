@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_tests::containerd::*;
-use tether_tests::{binary, pid_gone, shared_rootfs, unique_id, wait_until, TempDir};
+use tether_tests::{binary, fault_runtime, pid_gone, shared_rootfs, unique_id, wait_until, TempDir};
 
 const TASK: &str = "containerd.task.v2.Task";
 
@@ -25,16 +25,17 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Self::in_dir(TempDir::new("tether-ctd"), &[])
+    }
+
+    /// A containerd in `work`; `env` is added to its environment (and its shims').
+    fn in_dir(work: TempDir, env: &[(&str, &str)]) -> Env {
         require_containerd();
-        let work = TempDir::new("tether-ctd");
         let state_root = work.path().join("tstate");
         let ns = unique_id("tns");
-        let ctd = Containerd::start_with(
-            &work.path().join("containerd"),
-            &ns,
-            &[("TETHER_STATE_ROOT", state_root.to_str().unwrap())],
-            true,
-        );
+        let mut env = env.to_vec();
+        env.push(("TETHER_STATE_ROOT", state_root.to_str().unwrap()));
+        let ctd = Containerd::start_with(&work.path().join("containerd"), &ns, &env, true);
         Env {
             ctd,
             runtime: binary("containerd-shim-tether-v2").display().to_string(),
@@ -144,6 +145,7 @@ impl Env {
         for bad in [
             "failed to delete dead shim",
             "warnings while cleaning up dead shim",
+            "failed to shutdown shim",
         ] {
             assert!(!log.contains(bad), "containerd: {bad}:\n{log}");
         }
@@ -515,7 +517,8 @@ fn exec_ps_pause_resume_metrics_update_kill_and_event_order() {
     let limit = fs::read_to_string(format!("/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes")).unwrap();
     assert_eq!(limit.trim(), "67108864");
 
-    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "l1"]);
+    // --all: through the runtime, every process of the container.
+    e.ctd.ctr_ok(&["task", "kill", "-a", "-s", "SIGKILL", "l1"]);
     wait_until(Duration::from_secs(10), "l1 to stop", || {
         task_status(&e.ctd, "l1").as_deref() == Some("STOPPED")
     });
@@ -558,7 +561,7 @@ fn oom_kill_shows_task_oom_before_task_exit() {
     let mut events = e.events();
     let out = e
         .run(
-            &["--rm", "--memory-limit", "33554432"],
+            &["--rm", "--null-io", "--memory-limit", "33554432"],
             "oom1",
             &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
         )
@@ -804,4 +807,126 @@ fn log_uris_file_and_binary() {
     });
     assert_eq!(read("env").trim(), format!("log2 {}", e.ctd.namespace));
     e.assert_clean("log2", None);
+}
+
+#[test]
+fn checkpoint_reaches_the_runtime_and_containerd_hears_task_checkpointed() {
+    // CRIU does not run on the CI kernel: the runtime (TETHER_RUNTIME, as a node
+    // would set it) is the fault-injection runtime that records its command lines,
+    // fakes `checkpoint` and hands everything else to runc.
+    let work = TempDir::new("tether-ctd");
+    let runtime = fault_runtime("argv-recording-runtime", work.path());
+    let argv_log = work.path().join("argv-recording-runtime.argv");
+    let e = Env::in_dir(work, &[("TETHER_RUNTIME", runtime.to_str().unwrap())]);
+    let mut events = e.events();
+    e.run_sleeper("cp1");
+    let images = e.work.path().join("images");
+    let out = e.ctd.ctr_out(&[
+        "task",
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "cp1",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = events.until(|l| has_topic(l, "cp1", "/tasks/checkpointed"));
+    let argv = fs::read_to_string(&argv_log).unwrap();
+    let checkpoint = argv
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == "checkpoint"))
+        .unwrap_or_else(|| panic!("no checkpoint in {argv}"));
+    assert!(checkpoint.contains("--image-path"), "{checkpoint}");
+    assert!(checkpoint.ends_with(" cp1"), "{checkpoint}");
+    assert!(lines.iter().any(|l| l.contains("/tasks/checkpointed")));
+    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "cp1"]);
+    wait_until(Duration::from_secs(10), "cp1 to stop", || {
+        task_status(&e.ctd, "cp1").as_deref() == Some("STOPPED")
+    });
+    e.ctd.ctr_ok(&["task", "rm", "cp1"]);
+    e.ctd.ctr_ok(&["container", "rm", "cp1"]);
+    e.assert_clean("cp1", None);
+}
+
+/// `containerd-shim-tether-v2 ... ACTION` in `bundle`, as containerd runs it (no
+/// TTRPC_ADDRESS: no events), bounded by `timeout` so a held pipe fails the test.
+fn shim_cli(bundle: &Path, ns: &str, state_root: &Path, action: &str) -> std::process::Output {
+    Command::new("timeout")
+        .arg("20")
+        .arg(binary("containerd-shim-tether-v2"))
+        .args(["-namespace", ns, "-address", "/tmp/tether-no-containerd.sock"])
+        .args(["-publish-binary", "/bin/true", "-id", "s1", action])
+        .current_dir(bundle)
+        .env("TETHER_STATE_ROOT", state_root)
+        .env_remove("TTRPC_ADDRESS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn shim_command_line_start_delete_and_delete_then_shutdown() {
+    tether_tests::require_root_and_runc();
+    let work = TempDir::new("tether-ctd-cli");
+    let bundle = tether_tests::BundleSpec::new(&["sleep", "1000"]).write(&work.path().join("bundle"));
+    let state_root = work.path().join("tstate");
+    let ns = unique_id("tns");
+    // start: only the address, once listening; the serving shim holds none of our
+    // pipes (or `output()` would wait for it).
+    let out = shim_cli(&bundle, &ns, &state_root, "start");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let address = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        address.starts_with("unix:///run/containerd/s/") && address.len() == 25 + 64,
+        "{address:?}"
+    );
+    assert_eq!(fs::read_to_string(bundle.join("address")).unwrap(), address);
+    let again = shim_cli(&bundle, &ns, &state_root, "start");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        address,
+        "a repeated start"
+    );
+    let shim = shim_of(&ns, "s1").expect("serving shim");
+
+    // The lifecycle containerd drives, ending with Delete then Shutdown.
+    let mut c = TtrpcClient::connect(&address);
+    let bundle_path = bundle.canonicalize().unwrap();
+    let create = [
+        pb_bytes(1, b"s1"),
+        pb_bytes(2, bundle_path.to_str().unwrap().as_bytes()),
+    ]
+    .concat();
+    let a = c.call("Create", &create);
+    assert_eq!(a.code, 0, "Create: {}", a.message);
+    let a = c.call("Start", &pb_bytes(1, b"s1"));
+    assert_eq!(a.code, 0, "Start: {}", a.message);
+    let wait = ttrpc_request(TASK, "Wait", &pb_bytes(1, b"s1"));
+    let w = c.send_frame(wait.len() as u32, 1, &wait);
+    let a = c.call("Kill", &[pb_bytes(1, b"s1"), pb_uint(3, 9)].concat());
+    assert_eq!(a.code, 0, "Kill: {}", a.message);
+    let a = c.read_answer();
+    assert_eq!((a.stream, a.code), (w, 0), "Wait: {}", a.message);
+    assert!(pb_fields(&a.payload).contains(&(1, Ok(137))));
+    // Killing what has exited is NotFound (5), as containerd's CRI expects.
+    assert_eq!(
+        c.call("Kill", &[pb_bytes(1, b"s1"), pb_uint(3, 9)].concat()).code,
+        5
+    );
+    let a = c.call("Delete", &pb_bytes(1, b"s1"));
+    assert_eq!(a.code, 0, "Delete: {}", a.message);
+    assert!(pb_fields(&a.payload).contains(&(2, Ok(137))));
+    let a = c.call("Shutdown", &pb_bytes(1, b"s1"));
+    assert_eq!(a.code, 0, "Shutdown after Delete: {}", a.message);
+    wait_until(Duration::from_secs(5), "the shim to exit", || pid_gone(shim));
+    assert!(!Path::new(address.trim_start_matches("unix://")).exists());
+    assert!(!state_root.join(&ns).join("s1").exists());
+
+    // delete, with nothing left: still a DeleteResponse (status 255: unknown), twice.
+    for _ in 0..2 {
+        let out = shim_cli(&bundle, &ns, &state_root, "delete");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(pb_fields(&out.stdout).contains(&(2, Ok(255))), "{:?}", out.stdout);
+    }
+    let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(&ns));
 }
