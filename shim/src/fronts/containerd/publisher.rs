@@ -9,7 +9,8 @@
 use super::events::TaskInfo;
 use super::proto::{ForwardRequest, KeyValue, Request, Response};
 use super::ttrpc::{self, Input, Link};
-use crate::core::Core;
+use crate::core::{Core, CoreError};
+use crate::events::Stored;
 use crate::reactor::{Io, Owner};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -25,6 +26,24 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A Forward that is not answered in this time is sent again on a new connection.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where waiting events are read back from: the core's durable event log.
+pub trait Backlog {
+    /// Events after `since`, and the seq they go up to.
+    fn replay(&self, since: u64) -> Result<(u64, Vec<Stored>), CoreError>;
+    /// The oldest seq still kept.
+    fn first_seq(&self) -> u64;
+}
+
+impl Backlog for Core {
+    fn replay(&self, since: u64) -> Result<(u64, Vec<Stored>), CoreError> {
+        Core::replay(self, since)
+    }
+
+    fn first_seq(&self) -> u64 {
+        Core::first_seq(self)
+    }
+}
 
 struct InFlight {
     stream: u32,
@@ -102,7 +121,7 @@ impl Publisher {
     }
 
     /// Sends the next event if none is in flight; handles timers.
-    pub fn pump(&mut self, core: &Core, info: &mut TaskInfo, io: &mut Io<'_>) {
+    pub fn pump(&mut self, core: &dyn Backlog, info: &mut TaskInfo, io: &mut Io<'_>) {
         let now = Instant::now();
         if self.in_flight.as_ref().is_some_and(|f| f.deadline <= now) {
             crate::log!("containerd did not answer an event in {ANSWER_TIMEOUT:?}: reconnecting");
@@ -149,7 +168,7 @@ impl Publisher {
     }
 
     /// The event after `acked`: from the queue, or read back from the log.
-    fn next_event(&mut self, core: &Core) -> Option<Rc<Event>> {
+    fn next_event(&mut self, core: &dyn Backlog) -> Option<Rc<Event>> {
         while self.queue.front().is_some_and(|e| e.seq <= self.acked) {
             self.queue.pop_front();
         }
@@ -159,7 +178,7 @@ impl Publisher {
         self.queue.front().filter(|e| e.seq == self.acked + 1).cloned()
     }
 
-    fn refill(&mut self, core: &Core) {
+    fn refill(&mut self, core: &dyn Backlog) {
         match core.replay(self.acked) {
             Ok((_, stored)) => {
                 let all = stored.len() <= QUEUE_BOUND;
@@ -227,7 +246,7 @@ impl Publisher {
     }
 
     /// Readiness of the link: answers in, queued bytes out.
-    pub fn on_ready(&mut self, core: &Core, info: &mut TaskInfo, io: &mut Io<'_>) {
+    pub fn on_ready(&mut self, core: &dyn Backlog, info: &mut TaskInfo, io: &mut Io<'_>) {
         loop {
             let Some((link, _)) = self.link.as_mut() else {
                 return;
@@ -270,5 +289,93 @@ impl Publisher {
                 f.seq
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{err, ErrorKind};
+    use tether_protocol::EventBody;
+
+    /// A log holding seqs `first..=last`.
+    struct Log {
+        first: u64,
+        last: u64,
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            ts: "2026-11-28T13:04:53Z".into(),
+            body: EventBody::Paused {},
+        }
+    }
+
+    impl Backlog for Log {
+        fn replay(&self, since: u64) -> Result<(u64, Vec<Stored>), CoreError> {
+            if since + 1 < self.first {
+                return Err(err(ErrorKind::EventsCompacted, "compacted"));
+            }
+            let stored = (since + 1..=self.last)
+                .map(|seq| Stored {
+                    seq,
+                    json: serde_json::to_string(&event(seq)).unwrap(),
+                })
+                .collect();
+            Ok((self.last, stored))
+        }
+
+        fn first_seq(&self) -> u64 {
+            self.first
+        }
+    }
+
+    fn publisher() -> Publisher {
+        Publisher::new(Some("/nonexistent".into()), "ns".into(), Owner::Core)
+    }
+
+    #[test]
+    fn a_long_backlog_is_read_back_from_the_log_in_order() {
+        let mut p = publisher();
+        for seq in 1..=600 {
+            p.push(&Rc::new(event(seq)));
+        }
+        assert_eq!(p.queue.len(), QUEUE_BOUND, "memory is bounded");
+        assert!(p.spilled && !p.is_done());
+        let log = Log { first: 1, last: 600 };
+        for want in 1..=600 {
+            let e = p.next_event(&log).expect("next event");
+            assert_eq!(e.seq, want);
+            assert!(p.queue.len() <= QUEUE_BOUND);
+            p.acked = e.seq;
+        }
+        assert!(p.is_done() && !p.spilled);
+        assert!(p.next_event(&log).is_none());
+        p.push(&Rc::new(event(601)));
+        assert_eq!(p.next_event(&log).map(|e| e.seq), Some(601));
+    }
+
+    #[test]
+    fn events_past_the_logs_compaction_are_skipped_and_said() {
+        let mut p = publisher();
+        for seq in 1..=QUEUE_BOUND as u64 + 5 {
+            p.push(&Rc::new(event(seq)));
+        }
+        p.queue.clear();
+        let log = Log {
+            first: 200,
+            last: QUEUE_BOUND as u64 + 5,
+        };
+        p.next_event(&log);
+        assert_eq!(p.acked, 199);
+        assert_eq!(p.next_event(&log).map(|e| e.seq), Some(200));
+    }
+
+    #[test]
+    fn without_containerd_nothing_is_kept() {
+        let mut p = Publisher::new(None, "ns".into(), Owner::Core);
+        p.push(&Rc::new(event(1)));
+        assert!(p.queue.is_empty() && p.is_done());
     }
 }
