@@ -27,8 +27,8 @@ pub fn start_containerd(work: &Path) -> Containerd {
 
 /// The bench's uses of its containerd.
 pub trait CtdBench {
-    /// `ctr run --detach` of an idle `sleep` over the shared rootfs, with
-    /// containerd-shim-runc-v2 (`runtime` None) or the shim at `runtime`.
+    /// An idle `sleep`, no stdio, with containerd-shim-runc-v2 (`runtime` None) or
+    /// the shim at `runtime`.
     fn run_sleep_on(&self, runtime: Option<&Path>, rootfs: &Path, id: &str);
     fn run_sleep(&self, rootfs: &Path, id: &str) {
         self.run_sleep_on(None, rootfs, id)
@@ -36,27 +36,11 @@ pub trait CtdBench {
     fn remove(&self, id: &str);
     /// containerd-shim-runc-v2's pid for task `id`.
     fn shim_pid(&self, id: &str) -> i32;
-    fn task_pid(&self, id: &str) -> i32;
 }
 
 impl CtdBench for Containerd {
     fn run_sleep_on(&self, runtime: Option<&Path>, rootfs: &Path, id: &str) {
-        let mut c = self.ctr();
-        c.args(["run", "--detach", "--null-io"]);
-        if let Some(r) = runtime {
-            c.arg("--runtime").arg(r);
-        }
-        let out = c
-            .arg("--rootfs")
-            .arg(rootfs)
-            .args([id, "/bin/sleep", "1000"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.run_detached_sleep(runtime, &["--null-io"], rootfs, id);
     }
 
     fn remove(&self, id: &str) {
@@ -84,16 +68,6 @@ impl CtdBench for Containerd {
             found > 0
         });
         found
-    }
-
-    fn task_pid(&self, id: &str) -> i32 {
-        let out = self.ctr().args(["task", "ls"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .expect("task pid")
     }
 }
 
@@ -160,14 +134,7 @@ impl Bench {
         let runtime = Self::ctd_runtime(sys);
         self.ctd.run_sleep_on(runtime.as_deref(), &self.rootfs, &id);
         let pid = self.ctd.task_pid(&id);
-        let mut events = self
-            .ctd
-            .ctr()
-            .arg("events")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(150)); // let it subscribe
+        let mut events = self.ctd.ctr_events(Duration::from_millis(150));
         let stdout = events.stdout.take().unwrap();
         let fd = stdout.as_raw_fd();
         let mut r = BufReader::new(stdout);

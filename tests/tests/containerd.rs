@@ -1,257 +1,24 @@
 //! tether under a real containerd (1.6 here), driven by `ctr`: each test starts a
-//! private containerd (own root, state, sockets; CRI off) whose runtime is
-//! containerd-shim-tether-v2 given by absolute path. What ctr 1.6 cannot do (Update)
-//! and bad input are spoken to the shim's task socket directly, as containerd does.
+//! private containerd (own root, state, sockets; CRI off; tests/src/ctr_env.rs) whose
+//! runtime is containerd-shim-tether-v2 given by absolute path. What ctr 1.6 cannot
+//! do (Update) is spoken to the shim's task socket directly, as containerd does.
+//! Faults and bad input: containerd_faults.rs.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_tests::containerd::*;
-use tether_tests::{binary, fault_runtime, pid_gone, shared_rootfs, unique_id, wait_until, TempDir};
-
-const TASK: &str = "containerd.task.v2.Task";
-
-struct Env {
-    work: TempDir,
-    ctd: Containerd,
-    runtime: String,
-    rootfs: String,
-    state_root: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        Self::in_dir(TempDir::new("tether-ctd"), &[])
-    }
-
-    /// A containerd in `work`; `env` is added to its environment (and its shims').
-    fn in_dir(work: TempDir, env: &[(&str, &str)]) -> Env {
-        require_containerd();
-        let state_root = work.path().join("tstate");
-        let ns = unique_id("tns");
-        let mut env = env.to_vec();
-        env.push(("TETHER_STATE_ROOT", state_root.to_str().unwrap()));
-        let ctd = Containerd::start_with(&work.path().join("containerd"), &ns, &env, true);
-        Env {
-            ctd,
-            runtime: binary("containerd-shim-tether-v2").display().to_string(),
-            rootfs: shared_rootfs().display().to_string(),
-            state_root,
-            work,
-        }
-    }
-
-    /// `ctr run --runtime TETHER --rootfs BUSYBOX EXTRA... ID ARGS...`.
-    fn run(&self, extra: &[&str], id: &str, args: &[&str]) -> Command {
-        let mut c = self.ctd.ctr();
-        // `--rootfs` is a switch: the rootfs directory is the first argument.
-        c.args(["run", "--runtime", &self.runtime])
-            .args(extra)
-            .args(["--rootfs", &self.rootfs, id])
-            .args(args);
-        c
-    }
-
-    /// Where detached tasks' FIFOs go (ctr removes them only at `task rm`).
-    fn fifo_dir(&self) -> String {
-        self.work.path().join("fifo").display().to_string()
-    }
-
-    /// A detached `sleep` container; its init pid.
-    fn run_sleeper(&self, id: &str) -> i32 {
-        let out = self
-            .run(
-                &["-d", "--fifo-dir", &self.fifo_dir()],
-                id,
-                &["/bin/sleep", "1000"],
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctr run -d: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.task_pid(id)
-    }
-
-    fn task_pid(&self, id: &str) -> i32 {
-        let ls = self.ctd.ctr_ok(&["task", "ls"]);
-        ls.lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|w| w.first() == Some(&id))
-            .and_then(|w| w.get(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no task {id} in {ls}"))
-    }
-
-    fn state_dir(&self, id: &str) -> PathBuf {
-        self.state_root.join(&self.ctd.namespace).join(id)
-    }
-
-    fn shim_pid(&self, id: &str) -> i32 {
-        fs::read_to_string(self.state_dir(id).join("shim.pid"))
-            .expect("shim.pid")
-            .trim()
-            .parse()
-            .expect("pid")
-    }
-
-    fn runc_state(&self, id: &str) -> PathBuf {
-        Path::new("/run/containerd/runc")
-            .join(&self.ctd.namespace)
-            .join(id)
-    }
-
-    /// The task's shim address (`unix:///run/containerd/s/HASH`).
-    fn address(&self, id: &str) -> String {
-        fs::read_to_string(self.ctd.bundle(id).join("address")).expect("bundle address file")
-    }
-
-    /// `ctr events` in the background (subscribed by the time this returns).
-    fn events(&self) -> Events {
-        let child = self
-            .ctd
-            .ctr()
-            .arg("events")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        Events { child }
-    }
-
-    /// Nothing of task `id` is left: no shim, no runtime state, no shim state, no
-    /// socket, nothing mounted.
-    fn assert_clean(&self, id: &str, socket: Option<&str>) {
-        wait_until(Duration::from_secs(10), &format!("{id}'s shim to exit"), || {
-            shim_of(&self.ctd.namespace, id).is_none()
-        });
-        assert!(!self.runc_state(id).exists(), "runc state of {id} left");
-        assert!(!self.state_dir(id).exists(), "shim state dir of {id} left");
-        assert_eq!(mounts_under(&self.ctd.dir), Vec::<String>::new(), "mounts left");
-        if let Some(s) = socket {
-            assert!(
-                !Path::new(s.trim_start_matches("unix://")).exists(),
-                "socket {s} left"
-            );
-        }
-        // containerd runs the shim's `delete` after every shim exit: it must be clean
-        // (containerd 1.6's words for a failed or noisy one), and Shutdown answered.
-        let log = self.ctd.log();
-        for bad in [
-            "failed to clean up after shim disconnected",
-            "cleanup warnings",
-            "failed to shutdown shim task",
-        ] {
-            assert!(!log.contains(bad), "containerd: {bad}:\n{log}");
-        }
-    }
-}
-
-impl Drop for Env {
-    /// Whatever a failed test left: its shims, its containers, the runtime's dir.
-    fn drop(&mut self) {
-        let ns = self.ctd.namespace.clone();
-        while let Some(pid) = shim_of(&ns, "") {
-            // SAFETY: signalling a shim of this test's own namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let root = Path::new("/run/containerd/runc").join(&ns);
-        for id in fs::read_dir(&root).into_iter().flatten().flatten() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force"])
-                .arg(id.file_name())
-                .output();
-        }
-        let _ = fs::remove_dir(&root);
-    }
-}
-
-/// The pid of the shim serving `id` in `ns` (its command line names both); any
-/// shim of `ns` if `id` is empty.
-fn shim_of(ns: &str, id: &str) -> Option<i32> {
-    let id = if id.is_empty() {
-        String::new()
-    } else {
-        format!("-id\0{id}\0")
-    };
-    let want = [format!("-namespace\0{ns}\0"), id];
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd);
-        (cmd.contains("containerd-shim-tether-v2")
-            && want.iter().all(|w| cmd.contains(w.as_str()))
-            && !pid_gone(pid))
-        .then_some(pid)
-    })
-}
-
-struct Events {
-    child: Child,
-}
-
-impl Events {
-    /// Lines (`TIME NS TOPIC JSON`) read until `done` holds of them, or 20 s.
-    fn until(&mut self, mut done: impl FnMut(&[String]) -> bool) -> Vec<String> {
-        let stdout = self.child.stdout.take().expect("events stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&lines) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => lines.push(l),
-                Err(_) => panic!("events did not come; got:\n{}", lines.join("\n")),
-            }
-        }
-        lines
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The /tasks/ topics of task `id`, in order.
-fn task_topics(lines: &[String], id: &str) -> Vec<String> {
-    let needle = format!("\"container_id\":\"{id}\"");
-    lines
-        .iter()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find(|w| w.starts_with("/tasks/"))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-fn has_topic(lines: &[String], id: &str, topic: &str) -> bool {
-    task_topics(lines, id).iter().any(|t| t == topic)
-}
+use tether_tests::ctr_env::*;
+use tether_tests::ttrpc::*;
+use tether_tests::{fault_runtime, wait_until, TempDir};
 
 #[test]
 fn run_rm_gives_output_exit_code_and_stdin() {
-    let e = Env::new();
+    let e = Env::start();
     let out = e
         .run(
             &["--rm"],
@@ -384,7 +151,7 @@ fn drive_resize(mut cmd: Command) {
 
 #[test]
 fn tty_run_and_tty_exec_with_a_resize() {
-    let e = Env::new();
+    let e = Env::start();
     drive_resize(e.run(&["--rm", "-t"], "tty1", &["/bin/sh", "-c", RESIZE_SCRIPT]));
     e.assert_clean("tty1", None);
     e.run_sleeper("tty2");
@@ -411,46 +178,8 @@ fn tty_run_and_tty_exec_with_a_resize() {
 }
 
 #[test]
-fn concurrent_waits_on_one_connection_and_calls_between() {
-    let e = Env::new();
-    e.run_sleeper("w1");
-    let address = e.address("w1");
-    let mut c = TtrpcClient::connect(&address);
-    let wait = ttrpc_request(TASK, "Wait", &pb_bytes(1, b"w1"));
-    let mut waits: Vec<u32> = (0..3)
-        .map(|_| c.send_frame(wait.len() as u32, 1, &wait))
-        .collect();
-    // Blocked Waits hold nothing up: State is answered at once, RUNNING (2).
-    let state = ttrpc_request(TASK, "State", &pb_bytes(1, b"w1"));
-    let s = c.send_frame(state.len() as u32, 1, &state);
-    let a = c.read_answer();
-    assert_eq!((a.stream, a.code), (s, 0), "{}", a.message);
-    assert!(
-        pb_fields(&a.payload).contains(&(4, Ok(2))),
-        "{:?}",
-        pb_fields(&a.payload)
-    );
-    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "w1"]);
-    let mut answered: Vec<u32> = (0..3)
-        .map(|_| {
-            let a = c.read_answer();
-            assert_eq!(a.code, 0, "{}", a.message);
-            assert!(pb_fields(&a.payload).contains(&(1, Ok(137))));
-            a.stream
-        })
-        .collect();
-    answered.sort();
-    waits.sort();
-    assert_eq!(answered, waits);
-    drop(c);
-    e.ctd.ctr_ok(&["task", "rm", "w1"]);
-    e.ctd.ctr_ok(&["container", "rm", "w1"]);
-    e.assert_clean("w1", Some(&address));
-}
-
-#[test]
 fn exec_ps_pause_resume_metrics_update_kill_and_event_order() {
-    let e = Env::new();
+    let e = Env::start();
     let mut events = e.events();
     let pid = e.run_sleeper("l1");
     let address = e.address("l1");
@@ -558,7 +287,7 @@ fn exec_ps_pause_resume_metrics_update_kill_and_event_order() {
 
 #[test]
 fn oom_kill_shows_task_oom_before_task_exit() {
-    let e = Env::new();
+    let e = Env::start();
     let mut events = e.events();
     let out = e
         .run(
@@ -584,53 +313,8 @@ fn oom_kill_shows_task_oom_before_task_exit() {
 }
 
 #[test]
-fn containerd_killed_and_restarted_finds_its_task_and_the_exit_it_missed() {
-    let mut e = Env::new();
-    let pid = e.run_sleeper("r1");
-    let address = e.address("r1");
-    let shim = shim_of(&e.ctd.namespace, "r1").expect("shim");
-    e.ctd.kill9();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !pid_gone(shim) && !pid_gone(pid),
-        "the shim and the task outlive containerd"
-    );
-    e.ctd.restart();
-    assert_eq!(task_status(&e.ctd, "r1").as_deref(), Some("RUNNING"));
-
-    // The task exits while containerd is down: its exit reaches the next containerd.
-    e.ctd.kill9();
-    // SAFETY: signalling the task's init, a process of this test's container.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    wait_until(Duration::from_secs(10), "the task to die", || pid_gone(pid));
-    std::thread::sleep(Duration::from_millis(300));
-    let before = e.ctd.log().len();
-    e.ctd.restart();
-    let forwarded = |log: &str| {
-        log[before..].lines().any(|l| {
-            l.contains("event forwarded") && l.contains("topic=/tasks/exit") && l.contains(&e.ctd.namespace)
-        })
-    };
-    wait_until(Duration::from_secs(15), "the missed exit to be forwarded", || {
-        forwarded(&e.ctd.log())
-    });
-    assert_eq!(task_status(&e.ctd, "r1").as_deref(), Some("STOPPED"));
-    e.ctd.ctr_ok(&["task", "rm", "r1"]);
-    e.ctd.ctr_ok(&["container", "rm", "r1"]);
-    e.assert_clean("r1", Some(&address));
-}
-
-/// Imports the busybox image; its name.
-fn import_image(e: &Env) -> &'static str {
-    let name = "tether.test/busybox:latest";
-    let tar = busybox_image_tar(&e.work.path().join("image"), name);
-    e.ctd.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
-    name
-}
-
-#[test]
 fn images_run_through_overlayfs_and_native_snapshotters() {
-    let e = Env::new();
+    let e = Env::start();
     let image = import_image(&e);
     for (snapshotter, id) in [("overlayfs", "img1"), ("native", "img2")] {
         let out = e
@@ -669,96 +353,8 @@ fn images_run_through_overlayfs_and_native_snapshotters() {
 }
 
 #[test]
-fn shim_killed_leaves_nothing_and_containerd_gets_exit_137() {
-    let e = Env::new();
-    let image = import_image(&e);
-    let mut events = e.events();
-    let out = e
-        .ctd
-        .ctr()
-        .args([
-            "run",
-            "-d",
-            "--fifo-dir",
-            &e.fifo_dir(),
-            "--runtime",
-            &e.runtime,
-            image,
-            "k1",
-            "/bin/sleep",
-            "1000",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pid = e.task_pid("k1");
-    let address = e.address("k1");
-    assert!(e.runc_state("k1").exists());
-    assert_eq!(
-        mounts_under(&e.ctd.bundle("k1")).len(),
-        1,
-        "the overlay rootfs is mounted"
-    );
-    let shim = e.shim_pid("k1");
-    // SAFETY: signalling the shim this test's containerd started.
-    unsafe { libc::kill(shim, libc::SIGKILL) };
-    let lines = events.until(|l| has_topic(l, "k1", "/tasks/exit"));
-    let exit = lines.iter().find(|l| l.contains("/tasks/exit")).unwrap();
-    assert!(exit.contains("\"exit_status\":137"), "{exit}");
-    wait_until(Duration::from_secs(10), "the task to be gone", || pid_gone(pid));
-    e.assert_clean("k1", Some(&address));
-    e.ctd.ctr_ok(&["container", "rm", "k1"]);
-}
-
-#[test]
-fn bad_ttrpc_input_gets_error_statuses_and_the_shim_serves_on() {
-    let e = Env::new();
-    e.run_sleeper("b1");
-    let address = e.address("b1");
-    let shim = e.shim_pid("b1");
-    let mut c = TtrpcClient::connect(&address);
-
-    // A frame over ttrpc's 4 MiB: refused, skipped, the connection goes on.
-    let big = vec![0u8; (4 << 20) + 1];
-    let stream = c.send_frame(big.len() as u32, 1, &big);
-    let a = c.read_answer();
-    assert_eq!((a.stream, a.code), (stream, 8), "{}", a.message);
-
-    let unknown_service = ttrpc_request("no.such.Service", "Frob", &[]);
-    c.send_frame(unknown_service.len() as u32, 1, &unknown_service);
-    let a = c.read_answer();
-    assert_eq!(a.code, 12, "unknown service: {}", a.message);
-
-    let a = c.call("Frobnicate", &[]);
-    assert_eq!(a.code, 12, "unknown method: {}", a.message);
-
-    // Not a protobuf Request at all, then a request whose payload is not protobuf.
-    c.send_frame(3, 1, &[0xff, 0xff, 0xff]);
-    assert_eq!(c.read_answer().code, 3);
-    let a = c.call("Kill", &[0x0a, 0xff, 0x01]);
-    assert_eq!(a.code, 3, "bad payload: {}", a.message);
-    // Data on a stream nobody opened is ignored.
-    c.send_frame(2, 3, b"zz");
-
-    let a = c.call("Connect", &pb_bytes(1, b"b1"));
-    assert_eq!(a.code, 0, "{}", a.message);
-    let fields = pb_fields(&a.payload);
-    assert!(fields.contains(&(1, Ok(shim as u64))), "{fields:?}");
-    assert!(!pid_gone(shim));
-    assert_eq!(task_status(&e.ctd, "b1").as_deref(), Some("RUNNING"));
-    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "b1"]);
-    wait_until(Duration::from_secs(10), "b1 to stop", || {
-        task_status(&e.ctd, "b1").as_deref() == Some("STOPPED")
-    });
-    e.ctd.ctr_ok(&["task", "rm", "b1"]);
-    e.ctd.ctr_ok(&["container", "rm", "b1"]);
-    e.assert_clean("b1", Some(&address));
-}
-
-#[test]
 fn log_uris_file_and_binary() {
-    let e = Env::new();
+    let e = Env::start();
     let dir = e.work.path().join("logs");
     fs::create_dir_all(&dir).unwrap();
     let file = dir.join("f/out.log");
@@ -846,88 +442,4 @@ fn checkpoint_reaches_the_runtime_and_containerd_hears_task_checkpointed() {
     e.ctd.ctr_ok(&["task", "rm", "cp1"]);
     e.ctd.ctr_ok(&["container", "rm", "cp1"]);
     e.assert_clean("cp1", None);
-}
-
-/// `containerd-shim-tether-v2 ... ACTION` in `bundle`, as containerd runs it (no
-/// TTRPC_ADDRESS: no events), bounded by `timeout` so a held pipe fails the test.
-fn shim_cli(bundle: &Path, ns: &str, state_root: &Path, action: &str) -> std::process::Output {
-    Command::new("timeout")
-        .arg("20")
-        .arg(binary("containerd-shim-tether-v2"))
-        .args(["-namespace", ns, "-address", "/tmp/tether-no-containerd.sock"])
-        .args(["-publish-binary", "/bin/true", "-id", "s1", action])
-        .current_dir(bundle)
-        .env("TETHER_STATE_ROOT", state_root)
-        .env_remove("TTRPC_ADDRESS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-#[test]
-fn shim_command_line_start_delete_and_delete_then_shutdown() {
-    tether_tests::require_root_and_runc();
-    let work = TempDir::new("tether-ctd-cli");
-    let bundle = tether_tests::BundleSpec::new(&["sleep", "1000"]).write(&work.path().join("bundle"));
-    let state_root = work.path().join("tstate");
-    let ns = unique_id("tns");
-    // start: only the address, once listening; the serving shim holds none of our
-    // pipes (or `output()` would wait for it).
-    let out = shim_cli(&bundle, &ns, &state_root, "start");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
-    let address = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        address.starts_with("unix:///run/containerd/s/") && address.len() == 25 + 64,
-        "{address:?}"
-    );
-    assert_eq!(fs::read_to_string(bundle.join("address")).unwrap(), address);
-    let again = shim_cli(&bundle, &ns, &state_root, "start");
-    assert_eq!(
-        String::from_utf8_lossy(&again.stdout),
-        address,
-        "a repeated start"
-    );
-    let shim = shim_of(&ns, "s1").expect("serving shim");
-
-    // The lifecycle containerd drives, ending with Delete then Shutdown.
-    let mut c = TtrpcClient::connect(&address);
-    let bundle_path = bundle.canonicalize().unwrap();
-    let create = [
-        pb_bytes(1, b"s1"),
-        pb_bytes(2, bundle_path.to_str().unwrap().as_bytes()),
-    ]
-    .concat();
-    let a = c.call("Create", &create);
-    assert_eq!(a.code, 0, "Create: {}", a.message);
-    let a = c.call("Start", &pb_bytes(1, b"s1"));
-    assert_eq!(a.code, 0, "Start: {}", a.message);
-    let wait = ttrpc_request(TASK, "Wait", &pb_bytes(1, b"s1"));
-    let w = c.send_frame(wait.len() as u32, 1, &wait);
-    let a = c.call("Kill", &[pb_bytes(1, b"s1"), pb_uint(3, 9)].concat());
-    assert_eq!(a.code, 0, "Kill: {}", a.message);
-    let a = c.read_answer();
-    assert_eq!((a.stream, a.code), (w, 0), "Wait: {}", a.message);
-    assert!(pb_fields(&a.payload).contains(&(1, Ok(137))));
-    // Killing what has exited is NotFound (5), as containerd's CRI expects.
-    assert_eq!(
-        c.call("Kill", &[pb_bytes(1, b"s1"), pb_uint(3, 9)].concat()).code,
-        5
-    );
-    let a = c.call("Delete", &pb_bytes(1, b"s1"));
-    assert_eq!(a.code, 0, "Delete: {}", a.message);
-    assert!(pb_fields(&a.payload).contains(&(2, Ok(137))));
-    let a = c.call("Shutdown", &pb_bytes(1, b"s1"));
-    assert_eq!(a.code, 0, "Shutdown after Delete: {}", a.message);
-    wait_until(Duration::from_secs(5), "the shim to exit", || pid_gone(shim));
-    assert!(!Path::new(address.trim_start_matches("unix://")).exists());
-    assert!(!state_root.join(&ns).join("s1").exists());
-
-    // delete, with nothing left: still a DeleteResponse (status 255: unknown), twice.
-    for _ in 0..2 {
-        let out = shim_cli(&bundle, &ns, &state_root, "delete");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(pb_fields(&out.stdout).contains(&(2, Ok(255))), "{:?}", out.stdout);
-    }
-    let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(&ns));
 }
