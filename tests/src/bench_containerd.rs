@@ -12,14 +12,14 @@ pub const TETHER_CTD: &str = "tether-ctd";
 /// containerd-shim-runc-v2's system name (the bench's "containerd").
 const RUNC_SHIM: &str = "containerd";
 
-/// The bench's private containerd: namespace tbench; tether's shims keep their state
-/// and runc's on the bench's tmpfs.
-pub fn start_containerd(work: &Path) -> Containerd {
+/// The bench's private containerd, serving `namespace`; tether's shims keep their
+/// state and runc's on the bench's tmpfs.
+pub fn start_containerd(work: &Path, namespace: &str) -> Containerd {
     let state = work.join("tstate").display().to_string();
     let runc = work.join("runc").display().to_string();
     Containerd::start_with(
         &work.join("containerd"),
-        "tbench",
+        namespace,
         &[("TETHER_STATE_ROOT", &state), ("TETHER_RUNTIME_ROOT", &runc)],
         false,
     )
@@ -61,7 +61,7 @@ impl CtdBench for Containerd {
     }
 
     fn shim_pid(&self, id: &str) -> i32 {
-        let pat = format!("containerd-shim-runc-v2 -namespace tbench -id {id} ");
+        let pat = format!("containerd-shim-runc-v2 -namespace {} -id {id} ", self.namespace);
         let mut found = 0;
         wait_for("containerd shim pid", Duration::from_secs(10), || {
             found = pgrep(&pat);
@@ -82,7 +82,12 @@ impl Bench {
         if sys != TETHER_CTD {
             return self.ctd.shim_pid(id);
         }
-        let file = self.work.join("tstate/tbench").join(id).join("shim.pid");
+        let file = self
+            .work
+            .join("tstate")
+            .join(&self.ctd.namespace)
+            .join(id)
+            .join("shim.pid");
         let mut pid = 0;
         wait_for("tether shim pid", Duration::from_secs(10), || {
             pid = fs::read_to_string(&file)

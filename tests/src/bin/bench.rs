@@ -75,7 +75,7 @@ fn main() {
     }
     let rootfs = work.join("rootfs");
     make_rootfs(&rootfs).expect("rootfs");
-    let ctd = start_containerd(&work);
+    let ctd = start_containerd(&work, "tbench");
     let mut b = Bench {
         baseline,
         runc_root: work.join("runc"),
