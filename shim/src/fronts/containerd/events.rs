@@ -33,18 +33,19 @@ impl TaskInfo {
         }
     }
 
-    /// `e` as containerd's envelope.
-    pub fn envelope(&mut self, namespace: &str, e: &Event) -> Envelope {
-        let (topic, event) = self.task_event(&e.body);
-        Envelope {
+    /// `e` as containerd's envelope; None for an event containerd has no topic for
+    /// (the log's own, for JSON-RPC clients), which is not forwarded.
+    pub fn envelope(&mut self, namespace: &str, e: &Event) -> Option<Envelope> {
+        let (topic, event) = self.task_event(&e.body)?;
+        Some(Envelope {
             timestamp: proto::timestamp(&e.ts),
             namespace: namespace.to_string(),
             topic: topic.to_string(),
             event: Some(event),
-        }
+        })
     }
 
-    fn task_event(&mut self, body: &EventBody) -> (&'static str, Any) {
+    fn task_event(&mut self, body: &EventBody) -> Option<(&'static str, Any)> {
         let id = self.id.clone();
         let only = |topic, url| {
             (
@@ -57,7 +58,9 @@ impl TaskInfo {
                 ),
             )
         };
-        match body {
+        // Every event of the core is named here: one containerd has no topic for
+        // returns None, so that a new kind of event is a decision, not a default.
+        let event = match body {
             EventBody::Created { pid } => {
                 let m = proto::TaskCreate {
                     container_id: id.clone(),
@@ -138,7 +141,8 @@ impl TaskInfo {
                 };
                 ("/tasks/delete", Any::pack("containerd.events.TaskDelete", &m))
             }
-        }
+        };
+        Some(event)
     }
 }
 
@@ -174,7 +178,7 @@ mod tests {
             oom_killed: false,
             reason: None,
         };
-        let env = info.envelope("ns", &event(3, EventBody::Exit(record)));
+        let env = info.envelope("ns", &event(3, EventBody::Exit(record))).unwrap();
         assert_eq!(env.topic, "/tasks/exit");
         assert_eq!(env.namespace, "ns");
         assert_eq!(env.timestamp.as_ref().map(|t| t.seconds), Some(1_795_871_093));
@@ -182,7 +186,7 @@ mod tests {
         assert_eq!(any.type_url, "containerd.events.TaskExit");
         let exit = proto::TaskExit::decode(any.value.as_slice()).unwrap();
         assert_eq!((exit.id.as_str(), exit.pid, exit.exit_status), ("c1", 42, 137));
-        let del = info.envelope("ns", &event(4, EventBody::Deleted {}));
+        let del = info.envelope("ns", &event(4, EventBody::Deleted {})).unwrap();
         assert_eq!(del.topic, "/tasks/delete");
         let del = proto::TaskDelete::decode(del.event.unwrap().value.as_slice()).unwrap();
         assert_eq!((del.pid, del.exit_status), (42, 137));

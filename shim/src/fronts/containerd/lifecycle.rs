@@ -54,6 +54,8 @@ impl Service {
             checkpoint: r.checkpoint.clone(),
         };
         let [stdin, stdout, stderr] = wired;
+        // What the core's params add later (sinks of its own) stays at its default.
+        #[allow(clippy::needless_update)]
         let params = CreateParams {
             stdin,
             stdout,
@@ -63,6 +65,7 @@ impl Service {
                 image_path: r.checkpoint,
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let handled = self.ask(core, io, Call::Create(params), Then::Create);
         self.release_logger_holds();
@@ -183,12 +186,14 @@ impl Service {
         if let Some(p) = spec.as_object_mut() {
             p.insert("terminal".into(), t.terminal.into());
         }
+        #[allow(clippy::needless_update)]
         let params = ExecParams {
             exec_id: r.exec_id.clone(),
             process: spec,
             stdin,
             stdout,
             stderr,
+            ..Default::default()
         };
         let handled = self.ask(core, io, Call::Exec(params), Then::StartExec);
         self.release_logger_holds();

@@ -131,13 +131,19 @@ impl Publisher {
             return;
         }
         self.retry_at = None;
-        let Some(event) = self.next_event(core) else {
-            return;
+        // Events containerd has no topic for are passed over (accepted at once).
+        let (seq, envelope) = loop {
+            let Some(event) = self.next_event(core) else {
+                return;
+            };
+            match info.envelope(&self.namespace, &event) {
+                Some(envelope) => break (event.seq, envelope),
+                None => self.acked = event.seq,
+            }
         };
         if self.link.is_none() && !self.connect(io) {
             return;
         }
-        let envelope = info.envelope(&self.namespace, &event);
         let request = Request {
             service: "containerd.services.events.ttrpc.v1.Events".to_string(),
             method: "Forward".to_string(),
@@ -162,7 +168,7 @@ impl Publisher {
         }
         self.in_flight = Some(InFlight {
             stream,
-            seq: event.seq,
+            seq,
             deadline: now + ANSWER_TIMEOUT,
         });
     }
