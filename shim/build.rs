@@ -2,5 +2,7 @@
 // tables) is relocated at load, which makes it private dirty memory in every shim
 // (about 150 kB); non-PIE needs no such relocations, so those pages stay shared.
 fn main() {
-    println!("cargo:rustc-link-arg-bin=tether-shim=-no-pie");
+    for bin in ["tether-shim", "containerd-shim-tether-v2"] {
+        println!("cargo:rustc-link-arg-bin={bin}=-no-pie");
+    }
 }

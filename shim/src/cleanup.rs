@@ -5,8 +5,10 @@
 //! and removes the state dir.
 
 use crate::launch::LaunchOptions;
+use crate::runtime::{Runtime, RuntimeCall};
 use crate::state_dir::StateDir;
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use tether_protocol::{ExitRecord, INIT_PROCESS};
 
@@ -23,42 +25,86 @@ pub fn pid_alive(pid: i32) -> bool {
     !matches!(state, Some('Z') | Some('X') | None)
 }
 
-fn read_pid(path: &std::path::Path) -> Option<i32> {
+pub fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
-    let options: LaunchOptions = fs::read(dir.options())
-        .map_err(|e| format!("cannot read {}: {e}", dir.options().display()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display())))?;
+    let options = read_options(&dir)?;
     if let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) {
         return Err(format!(
             "the shim for {} is alive (pid {pid}): use its `delete` or `shutdown` instead",
             options.id
         ));
     }
+    let remains = clean_up_remains(&dir, &options)?;
+    Ok(remains.recorded.unwrap_or_else(|| ExitRecord {
+        process: INIT_PROCESS.to_string(),
+        pid: remains.init_pid.unwrap_or(0),
+        status: None,
+        signal: None,
+        signal_name: None,
+        exited_at: tether_protocol::time::now(),
+        oom_killed: false,
+        reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
+    }))
+}
+
+pub fn read_options(dir: &StateDir) -> Result<LaunchOptions, String> {
+    fs::read(dir.options())
+        .map_err(|e| format!("cannot read {}: {e}", dir.options().display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display())))
+}
+
+/// What was left of a container whose shim is gone.
+pub struct Remains {
+    /// Init's exit record, if the shim had written it.
+    pub recorded: Option<ExitRecord>,
+    pub init_pid: Option<i32>,
+    /// Init was still alive, and was killed (SIGKILL) here.
+    pub killed: bool,
+}
+
+/// Kills what is left of the container, runs `runtime delete --force` and removes
+/// the state dir. The shim must be gone.
+pub fn clean_up_remains(dir: &StateDir, options: &LaunchOptions) -> Result<Remains, String> {
     let recorded: Option<ExitRecord> = fs::read(dir.exit_record(INIT_PROCESS))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .or_else(|| exit_in_event_log(&dir));
+        .or_else(|| exit_in_event_log(dir));
     let init_pid = read_pid(&dir.pid_file(INIT_PROCESS));
-    if let Some(pid) = init_pid.filter(|p| pid_alive(*p)) {
+    let alive = init_pid.filter(|p| pid_alive(*p));
+    if let Some(pid) = alive {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    let log = dir.scratch(0, "cleanup-delete", "log");
-    let argv = options.runtime.argv(
-        &log,
-        &crate::runtime::RuntimeCall::Delete { force: true },
+    runtime_delete_force(
+        &options.runtime,
         &options.id,
-    );
+        &dir.scratch(0, "cleanup-delete", "log"),
+    )?;
+    let _ = fs::remove_file(dir.socket());
+    fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
+    Ok(Remains {
+        recorded,
+        init_pid,
+        killed: alive.is_some(),
+    })
+}
+
+/// `runtime delete --force ID`, run to its end; a container the runtime does not know
+/// is already gone, which is success. `log` is the runtime's log file for the call.
+pub fn runtime_delete_force(runtime: &Runtime, id: &str, log: &Path) -> Result<(), String> {
+    let argv = runtime.argv(log, &RuntimeCall::Delete { force: true }, id);
     let status = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("cannot run runtime {}: {e}", options.runtime.path))?;
-    if !status.success() {
+        .map_err(|e| format!("cannot run runtime {}: {e}", runtime.path))?;
+    let outcome = if status.success() {
+        Ok(())
+    } else {
         let how = match (
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -66,25 +112,15 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
             (_, Some(sig)) => format!("was killed by {}", tether_protocol::signal_name(sig)),
             (code, None) => format!("exited with status {}", code.unwrap_or(-1)),
         };
-        let msg = crate::runtime::failure_message("runtime delete", &log, &how);
-        // A container the runtime no longer knows is already gone: that is success.
-        if !msg.contains("does not exist") && !msg.contains("not exist") {
-            return Err(msg);
+        let msg = crate::runtime::failure_message("runtime delete", log, &how);
+        if msg.contains("does not exist") || msg.contains("not exist") {
+            Ok(())
+        } else {
+            Err(msg)
         }
-    }
-    let record = recorded.unwrap_or_else(|| ExitRecord {
-        process: INIT_PROCESS.to_string(),
-        pid: init_pid.unwrap_or(0),
-        status: None,
-        signal: None,
-        signal_name: None,
-        exited_at: tether_protocol::time::now(),
-        oom_killed: false,
-        reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
-    });
-    let _ = fs::remove_file(dir.socket());
-    fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
-    Ok(record)
+    };
+    let _ = fs::remove_file(log);
+    outcome
 }
 
 /// Init's exit as the event log has it: clients were told this status, so it stands

@@ -57,47 +57,52 @@ pub fn reexec_with_malloc_tunables() {
     eprintln!("tether-shim: re-exec for malloc tunables failed ({err}); going on without");
 }
 
+/// A front added beside the JSON-RPC one, made in the shim once its loop exists
+/// (before it reports ready): the containerd front binds its socket here.
+pub type ExtraFront = Box<dyn FnOnce(&mut Reactor) -> Result<(), String>>;
+
 /// Runs the launcher; returns the process exit code.
 pub fn start(opts: LaunchOptions) -> i32 {
-    let dir = StateDir::new(opts.state_dir.clone());
-    if let Err(e) = prepare_state_dir(&dir, &opts.id) {
-        eprintln!("tether-shim: {e}");
-        return 1;
-    }
-    let (ready_r, ready_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("tether-shim: pipe: {e}");
-            return 1;
+    match spawn(opts, None) {
+        Ok(dir) => {
+            println!("{}", dir.socket().display());
+            0
         }
-    };
-    // The launcher is single-threaded here, so the child may run Rust code.
-    match crate::sys::fork_single_threaded() {
         Err(e) => {
-            eprintln!("tether-shim: fork: {e}");
+            eprintln!("tether-shim: {e}");
             1
         }
+    }
+}
+
+/// Forks the shim and returns once it serves, with its state dir; or why it could
+/// not (nothing is left behind then).
+pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir, String> {
+    let dir = StateDir::new(opts.state_dir.clone());
+    prepare_state_dir(&dir, &opts.id)?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The launcher is single-threaded here, so the child may run Rust code.
+    match crate::sys::fork_single_threaded() {
+        Err(e) => Err(format!("fork: {e}")),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(ready_r);
-            std::process::exit(run_shim(opts, dir, ready_w))
+            std::process::exit(run_shim(opts, dir, ready_w, extra))
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             drop(ready_w);
             let mut answer = String::new();
             let _ = fs::File::from(ready_r).read_to_string(&mut answer);
             if answer == "ok" {
-                println!("{}", dir.socket().display());
-                0
+                Ok(dir)
             } else if answer.is_empty() {
-                eprintln!(
-                    "tether-shim: the shim exited before it was ready; see {}",
+                Err(format!(
+                    "the shim exited before it was ready; see {}",
                     dir.log().display()
-                );
-                1
+                ))
             } else {
-                eprintln!("tether-shim: {answer}");
                 let _ = fs::remove_dir_all(&dir.root);
-                1
+                Err(answer)
             }
         }
     }
@@ -121,10 +126,10 @@ fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
 }
 
 /// The shim itself, in the forked child. Returns its exit code.
-fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
+fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd, extra: Option<ExtraFront>) -> i32 {
     let keep = ready.as_raw_fd();
     let mut ready = fs::File::from(ready);
-    match become_shim(&opts, &dir, keep) {
+    match become_shim(&opts, &dir, keep, extra) {
         Ok(server) => {
             let _ = ready.write_all(b"ok");
             drop(ready);
@@ -153,7 +158,12 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd) -> i32 {
 /// Boxed, and not inlined: the idle loop runs below this frame for the shim's whole
 /// life, so nothing of the set-up may stay in it (every stack page is resident).
 #[inline(never)]
-fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Box<Reactor>, String> {
+fn become_shim(
+    opts: &LaunchOptions,
+    dir: &StateDir,
+    keep: i32,
+    extra: Option<ExtraFront>,
+) -> Result<Box<Reactor>, String> {
     close_inherited_fds(keep);
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
@@ -212,6 +222,9 @@ fn become_shim(opts: &LaunchOptions, dir: &StateDir, keep: i32) -> Result<Box<Re
     server
         .add_front(|owner, io| JsonRpc::new(listener, owner, io))
         .map_err(|e| format!("cannot serve {}: {e}", socket.display()))?;
+    if let Some(add) = extra {
+        add(&mut server)?;
+    }
     state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
         .map_err(|e| format!("cannot write pid file: {e}"))?;
     Ok(Box::new(server))

@@ -16,7 +16,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-/// How long a shim that is exiting keeps trying to hand its last answers over.
+/// How long a shim that is exiting keeps trying to hand its last answers over (and
+/// what else a front still owes: events to containerd, its Shutdown).
 const EXIT_FLUSH: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +230,8 @@ impl Reactor {
                 crate::memory::give_back();
             }
             if let Some((at, remove)) = exiting {
-                if flushed || Instant::now() >= at {
+                let done = self.fronts.iter().all(|f| f.ready_to_exit());
+                if done || Instant::now() >= at {
                     self.finish(remove);
                     return Ok(());
                 }

@@ -20,9 +20,10 @@ pub fn ignore_signal(signal: Signal) -> nix::Result<()> {
     unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) }.map(|_| ())
 }
 
-/// Takes ownership of a descriptor the kernel just installed for us (SCM_RIGHTS).
+/// Takes ownership of a descriptor the kernel just made for us (received by
+/// SCM_RIGHTS, or returned by fcntl F_DUPFD).
 pub fn own_received_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: the descriptor was created by this recvmsg and nothing else holds it.
+    // SAFETY: the descriptor was just created by that call and nothing else holds it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -72,4 +73,24 @@ pub fn accept_owned(listener: RawFd) -> nix::Result<OwnedFd> {
     let fd = accept4(listener, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)?;
     // SAFETY: accept4 just made this descriptor and nothing else holds it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `cmd` start with each `(fd, target)` of `fds` at descriptor number `target`
+/// (a logging binary takes its pipes as fds 3, 4 and 5). The caller keeps every
+/// `fd` open until the spawn returns, and no `fd` is itself one of the targets.
+pub fn map_fds_on_spawn(cmd: &mut std::process::Command, fds: Vec<(RawFd, RawFd)>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // dup2(2), which is async-signal-safe; it allocates nothing. dup2 clears
+    // close-on-exec on the target, so exactly the targets survive the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(fd, target) in &fds {
+                if libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
 }

@@ -14,6 +14,10 @@ use tether_protocol::{Client, CreateParams, Event};
 
 pub use tether_protocol;
 
+pub mod containerd;
+pub mod ctr_env;
+pub mod ttrpc;
+
 /// Fails the test (never skips) when root or runc is missing.
 pub fn require_root_and_runc() {
     // SAFETY: geteuid has no preconditions.

@@ -161,6 +161,11 @@ impl Core {
         self.out.events().last_seq()
     }
 
+    /// The oldest seq the event log still holds (`last_seq() + 1` while it is empty).
+    pub fn first_seq(&self) -> u64 {
+        self.out.events().first_seq()
+    }
+
     /// Events after `since`, from the event log, and the seq they go up to.
     pub fn replay(&self, since: u64) -> Result<(u64, Vec<Stored>), CoreError> {
         let log = self.out.events();

@@ -3,6 +3,7 @@
 //! messages, and registers its fds with the loop through [`Io`]. Adding one touches
 //! neither the core nor the other fronts: only the launch that lists them.
 
+pub mod containerd;
 pub mod jsonrpc;
 
 use crate::core::{Core, Output};
@@ -31,4 +32,23 @@ pub trait Front {
 
     /// Nothing queued for any client.
     fn is_flushed(&self) -> bool;
+
+    /// The shim is exiting: this front has done what it still owes (by default,
+    /// written what was queued). The loop waits for every front, for a bounded time.
+    fn ready_to_exit(&self) -> bool {
+        self.is_flushed()
+    }
+}
+
+/// Only the shim's own user (or root) may drive it, through any front.
+pub fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    use std::os::fd::AsFd;
+    let creds = getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if creds.uid() == me || creds.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!("peer uid {} is neither {me} nor root", creds.uid()))
+    }
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_protocol::{Client, CreateParams, ExecParams};
 use tether_tests::{binary, make_rootfs, null_stdio, BundleSpec};
@@ -77,7 +77,7 @@ fn main() {
     }
     let rootfs = work.join("rootfs");
     make_rootfs(&rootfs).expect("rootfs");
-    let ctd = Containerd::start(&work);
+    let ctd = start_containerd(&work, &namespace());
     let mut b = Bench {
         baseline,
         runc_root: work.join("runc"),
@@ -118,7 +118,9 @@ fn main() {
     }
     eprintln!("bench: idle memory");
     b.idle_memory(if quick { 5 } else { 50 });
-    let report = b.report(started.elapsed());
+    b.tether_under_containerd(runs, mb, if quick { 5 } else { 50 });
+    let mut report = b.report(started.elapsed());
+    report["tether_under_containerd"] = b.containerd_front_report();
     fs::create_dir_all(&out).unwrap();
     fs::write(
         out.join("results.json"),
@@ -293,103 +295,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A private containerd (own root, state and socket) for containerd-shim-runc-v2.
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Containerd {
-    fn start(work: &Path) -> Containerd {
-        let dir = work.join("containerd");
-        fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.tracing.processor.v1.otlp\", \"io.containerd.internal.v1.tracing\"]\n\
-             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n",
-            d = dir.display(),
-            s = sock.display()
-        );
-        fs::write(dir.join("config.toml"), config).unwrap();
-        let log = fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd");
-        wait_for("containerd socket", Duration::from_secs(20), || sock.exists());
-        Containerd { child, sock }
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.sock).args(["-n", &namespace()]);
-        c
-    }
-
-    /// `ctr run --detach` of an idle `sleep` container over the shared rootfs.
-    fn run_sleep(&self, rootfs: &Path, id: &str) {
-        let out = self
-            .ctr()
-            .args(["run", "--detach", "--null-io", "--rootfs"])
-            .arg(rootfs)
-            .args([id, "/bin/sleep", "1000"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn remove(&self, id: &str) {
-        let _ = self.ctr().args(["task", "kill", "-s", "KILL", id]).output();
-        for _ in 0..200 {
-            if self
-                .ctr()
-                .args(["task", "rm", "-f", id])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.ctr().args(["container", "rm", id]).output();
-    }
-
-    fn shim_pid(&self, id: &str) -> i32 {
-        let pat = format!("containerd-shim-runc-v2 -namespace {} -id {id} ", namespace());
-        let mut found = 0;
-        wait_for("containerd shim pid", Duration::from_secs(10), || {
-            found = pgrep(&pat);
-            found > 0
-        });
-        found
-    }
-
-    fn task_pid(&self, id: &str) -> i32 {
-        let out = self.ctr().args(["task", "ls"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .expect("task pid")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// The private containerd and tether under containerd: src/bench_containerd.rs.
+#[path = "../bench_containerd.rs"]
+mod bench_containerd;
+use bench_containerd::{start_containerd, CtdBench};
+use tether_tests::containerd::Containerd;
 
 /// The pid whose cmdline (spaces for NULs) contains `pat`.
 fn pgrep(pat: &str) -> i32 {
@@ -707,32 +617,7 @@ impl Bench {
                 self.conmon_remove(&c);
                 d
             }
-            _ => {
-                self.ctd.run_sleep(&self.rootfs, &id);
-                let pid = self.ctd.task_pid(&id);
-                let mut events = self
-                    .ctd
-                    .ctr()
-                    .arg("events")
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                std::thread::sleep(Duration::from_millis(150)); // let it subscribe
-                let stdout = events.stdout.take().unwrap();
-                let fd = stdout.as_raw_fd();
-                let mut r = BufReader::new(stdout);
-                let mut line = String::new();
-                let want = format!("\"container_id\":\"{id}\"");
-                let d = time_exit(pid, fd, || {
-                    line.clear();
-                    r.read_line(&mut line).unwrap();
-                    line.contains("/tasks/exit") && line.contains(&want)
-                });
-                let _ = events.kill();
-                let _ = events.wait();
-                self.ctd.remove(&id);
-                d
-            }
+            _ => self.ctd_exit_latency(sys),
         }
     }
 
@@ -927,43 +812,7 @@ impl Bench {
                 let _ = fs::remove_file(&c.log);
                 (rate(d), per_gb(cpu))
             }
-            _ => {
-                let t = Instant::now();
-                let mut child = self
-                    .ctd
-                    .ctr()
-                    .args(["run", "--rootfs"])
-                    .arg(&self.rootfs)
-                    .args([
-                        id.as_str(),
-                        "/bin/dd",
-                        "if=/dev/zero",
-                        "bs=1M",
-                        &format!("count={count}"),
-                    ])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let stdout = child.stdout.take().unwrap();
-                let shim = self.ctd.shim_pid(&id);
-                let sampler = std::thread::spawn(move || {
-                    let mut last = 0.0;
-                    while let Some(s) = cpu_seconds(shim) {
-                        last = s;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    last
-                });
-                let got = drain_blocking(stdout);
-                let d = t.elapsed();
-                let _ = child.wait();
-                self.ctd.remove(&id);
-                let cpu = sampler.join().unwrap();
-                assert_eq!(got, bytes);
-                (rate(d), per_gb(cpu))
-            }
+            _ => self.ctd_throughput(sys, mb),
         }
     }
 
@@ -1045,21 +894,7 @@ impl Bench {
             self.conmon_remove(c);
         }
         // containerd-shim-runc-v2
-        let mut ids = Vec::new();
-        for _ in 0..n {
-            let id = self.id("m");
-            self.ctd.run_sleep(&self.rootfs, &id);
-            if ids.is_empty() {
-                let pid = self.ctd.shim_pid(&id);
-                self.single_figures("containerd", pid);
-            }
-            ids.push(id);
-        }
-        let pids: Vec<i32> = ids.iter().map(|id| self.ctd.shim_pid(id)).collect();
-        self.memory_figures("containerd", &pids);
-        for id in &ids {
-            self.ctd.remove(id);
-        }
+        self.ctd_idle_memory("containerd", n);
     }
 
     /// The first monitor alone: what one container costs when it is the only one.

@@ -12,7 +12,7 @@ mod fuzz;
 mod request;
 
 use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
-use crate::fronts::Front;
+use crate::fronts::{peer_allowed, Front};
 use crate::reactor::{Io, Owner, Readiness};
 use conn::{Conn, Input, MAX_QUEUED, PAUSE_READING_AT};
 use mio::net::UnixListener;
@@ -400,17 +400,4 @@ fn event_line_from_json(json: &str) -> Vec<u8> {
     bytes.extend_from_slice(json.as_bytes());
     bytes.extend_from_slice(b"}\n");
     bytes
-}
-
-/// Only the shim's own user (or root) may drive it.
-fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
-    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    use std::os::fd::AsFd;
-    let creds = getsockopt(&stream.as_fd(), PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if creds.uid() == me || creds.uid() == 0 {
-        Ok(())
-    } else {
-        Err(format!("peer uid {} is neither {me} nor root", creds.uid()))
-    }
 }

@@ -1,0 +1,409 @@
+//! `containerd-shim-tether-v2`: the shim command line containerd runs (1.6, 1.7
+//! and 2.x). Go-style flags (`-namespace NS -address ADDR -publish-binary BIN -id ID
+//! [-bundle DIR] [-debug]`, `-flag=value` too; unknown flags are tolerated), then an
+//! action:
+//! - `start` (working directory: the bundle): forks the shim, which serves the task
+//!   API on `SOCKET_DIR/sha256(ADDR/NS/ID)` and JSON-RPC on `STATE/shim.sock`; prints
+//!   `unix://SOCKET` once it listens and writes it to the bundle's `address` file.
+//! - `delete`: after a shim died, kills what is left, deletes the runtime's state,
+//!   unmounts the rootfs and prints a protobuf DeleteResponse. Idempotent.
+//!
+//! Environment: TTRPC_ADDRESS (containerd's, for events), TETHER_RUNTIME (default
+//! runc), TETHER_RUNTIME_ROOT (default /run/containerd/runc/NS, as containerd's runc
+//! shim), TETHER_STATE_ROOT (default /run/tether/containerd), TETHER_SOCKET_DIR
+//! (default /run/containerd/s).
+
+use super::proto::{self, DeleteResponse};
+use super::{mounts, sha256, Config, Containerd};
+use crate::cleanup::{self, pid_alive, read_pid, Remains};
+use crate::launch::{self, LaunchOptions};
+use crate::runtime::Runtime;
+use crate::state_dir::{self, StateDir};
+use prost::Message;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NAME: &str = "containerd-shim-tether-v2";
+/// Flags that take a value; every other flag is a boolean unless written `-f=v`.
+const VALUE_FLAGS: [&str; 7] = [
+    "namespace",
+    "address",
+    "publish-binary",
+    "id",
+    "bundle",
+    "socket",
+    "debug-socket",
+];
+/// Unix socket paths are limited to 108 bytes, the terminating NUL included.
+const SOCKET_PATH_MAX: usize = 107;
+/// What `start` reads of its stdin (containerd's runtime options or bootstrap params).
+const STDIN_LIMIT: u64 = 10 << 20;
+
+#[derive(Default, Debug)]
+struct Flags {
+    namespace: String,
+    address: String,
+    id: String,
+    bundle: Option<PathBuf>,
+    version: bool,
+    info: bool,
+    action: Option<String>,
+}
+
+fn parse(args: &[String]) -> Flags {
+    let mut f = Flags::default();
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-'))
+            .filter(|s| !s.is_empty())
+        else {
+            // Go's flag package stops at the first argument that is not a flag.
+            f.action = Some(arg.clone());
+            break;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        let takes_value = VALUE_FLAGS.contains(&name);
+        let value = match inline {
+            Some(v) => v,
+            None if takes_value => it.next().cloned().unwrap_or_default(),
+            None => "true".to_string(),
+        };
+        match name {
+            "namespace" => f.namespace = value,
+            "address" => f.address = value,
+            "id" => f.id = value,
+            "bundle" => f.bundle = Some(PathBuf::from(value)),
+            "v" | "version" => f.version = value != "false",
+            "info" => f.info = value != "false",
+            _ => {} // -debug, -publish-binary, -socket and flags of later versions
+        }
+    }
+    f
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let f = parse(&args);
+    if f.version {
+        println!(
+            "{NAME}:\n  Version:  {}\n  (tether, protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            tether_protocol::PROTOCOL_VERSION
+        );
+        return 0;
+    }
+    if f.info {
+        let info = proto::RuntimeInfo {
+            name: "io.containerd.tether.v2".to_string(),
+        };
+        return write_out(&info.encode_to_vec());
+    }
+    let result = match f.action.as_deref() {
+        Some("start") => start(&f),
+        Some("delete") => delete(&f),
+        Some(other) => Err(format!(
+            "unknown action {other:?}: containerd runs `start` and `delete`"
+        )),
+        None => Err("no action: containerd runs this shim with `start` and `delete`".to_string()),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            1
+        }
+    }
+}
+
+fn write_out(bytes: &[u8]) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{NAME}: cannot write to stdout: {e}");
+            1
+        }
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The task API's socket: SOCKET_DIR/sha256(ADDRESS/NS/ID), as containerd's shims
+/// name theirs (unique per containerd, namespace and task; always short enough).
+fn socket_path(f: &Flags) -> PathBuf {
+    let dir = env_or("TETHER_SOCKET_DIR", "/run/containerd/s");
+    let key = format!("{}/{}/{}", f.address.trim_end_matches('/'), f.namespace, f.id);
+    Path::new(&dir).join(sha256::hex(key.as_bytes()))
+}
+
+/// The shim's state dir: STATE_ROOT/NS/ID, or STATE_ROOT/h/HASH when the JSON-RPC
+/// socket's path would not fit (the bundle's `tether-state` link names it either way).
+pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
+    let root = PathBuf::from(env_or("TETHER_STATE_ROOT", "/run/tether/containerd"));
+    let plain = root.join(namespace).join(id);
+    if plain.join("shim.sock").as_os_str().len() <= SOCKET_PATH_MAX {
+        return plain;
+    }
+    root.join("h")
+        .join(&sha256::hex(format!("{namespace}/{id}").as_bytes())[..32])
+}
+
+/// The OCI runtime, and its root as containerd's runc shim keeps it.
+fn runtime(f: &Flags) -> Runtime {
+    Runtime {
+        path: env_or("TETHER_RUNTIME", "runc"),
+        root: Some(env_or(
+            "TETHER_RUNTIME_ROOT",
+            &format!("/run/containerd/runc/{}", f.namespace),
+        )),
+        ..Default::default()
+    }
+}
+
+fn checked(f: &Flags) -> Result<(), String> {
+    if f.namespace.is_empty() || f.id.is_empty() {
+        return Err("-namespace and -id are required".to_string());
+    }
+    state_dir::validate_id("namespace", &f.namespace)?;
+    state_dir::validate_id("task id", &f.id)
+}
+
+fn bundle(f: &Flags) -> Result<PathBuf, String> {
+    let dir = match &f.bundle {
+        Some(b) => b.clone(),
+        None => std::env::current_dir().map_err(|e| format!("working directory: {e}"))?,
+    };
+    dir.canonicalize()
+        .map_err(|e| format!("bundle {}: {e}", dir.display()))
+}
+
+fn start(f: &Flags) -> Result<(), String> {
+    checked(f)?;
+    launch::reexec_with_malloc_tunables();
+    drain_stdin();
+    let bundle = bundle(f)?;
+    let socket = socket_path(f);
+    let address = format!("unix://{}", socket.display());
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // This task's shim is already serving (a repeated start): the same answer.
+        return announce(&bundle, &address, None);
+    }
+    let _ = std::fs::remove_file(&socket);
+    let state_dir = state_dir_for(&f.namespace, &f.id);
+    let runtime = runtime(f);
+    let events = std::env::var("TTRPC_ADDRESS")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(&a)));
+    let config = Config {
+        namespace: f.namespace.clone(),
+        bundle: bundle.clone(),
+        socket: socket.clone(),
+        events_address: events,
+    };
+    let id = f.id.clone();
+    let opts = LaunchOptions {
+        id: id.clone(),
+        bundle: bundle.clone(),
+        state_dir,
+        runtime,
+    };
+    let extra: launch::ExtraFront = Box::new(move |server| {
+        let listener = bind(&config.socket)?;
+        server
+            .add_front(|owner, io| Containerd::new(listener, config, id, owner, io))
+            .map_err(|e| format!("cannot serve the task API: {e}"))
+    });
+    raise_oom_score();
+    let dir = launch::spawn(opts, Some(extra))?;
+    announce(&bundle, &address, Some(&dir))
+}
+
+/// containerd writes runtime options (1.6/1.7) or bootstrap params (2.x) to the
+/// shim's stdin; the shim is configured by its environment instead. Read so the
+/// writer never blocks. Not inlined: the copy's 8 KiB buffer must not sit in the
+/// frame the shim forks from, whose pages it would keep for life.
+#[inline(never)]
+fn drain_stdin() {
+    let _ = std::io::copy(
+        &mut std::io::stdin().lock().take(STDIN_LIMIT),
+        &mut std::io::sink(),
+    );
+}
+
+/// As containerd's own shims: one point more likely than containerd to be picked by
+/// the OOM killer (the shim inherits containerd's score; raising it needs no
+/// privilege). Best effort.
+fn raise_oom_score() {
+    let path = "/proc/self/oom_score_adj";
+    let score = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(score) = score.filter(|s| *s < 1000) {
+        let _ = std::fs::write(path, (score + 1).to_string());
+    }
+}
+
+fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = socket.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Writes the bundle's `address` (and the `tether-state` link), prints the address.
+fn announce(bundle: &Path, address: &str, state: Option<&StateDir>) -> Result<(), String> {
+    let file = bundle.join("address");
+    state_dir::write_atomic(&file, address.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if let Some(state) = state {
+        let link = bundle.join("tether-state");
+        let _ = std::fs::remove_file(&link);
+        if let Err(e) = std::os::unix::fs::symlink(&state.root, &link) {
+            eprintln!(
+                "{NAME}: cannot link {} to {}: {e}",
+                link.display(),
+                state.root.display()
+            );
+        }
+    }
+    match write_out(address.as_bytes()) {
+        0 => Ok(()),
+        _ => Err("stdout is gone".to_string()),
+    }
+}
+
+fn delete(f: &Flags) -> Result<(), String> {
+    checked(f)?;
+    let bundle = bundle(f)?;
+    let dir = StateDir::new(state_dir_for(&f.namespace, &f.id));
+    stop_dead_shim(&dir);
+    let remains = match cleanup::read_options(&dir) {
+        Ok(options) => cleanup::clean_up_remains(&dir, &options).unwrap_or_else(|e| {
+            eprintln!("{NAME}: {e}");
+            no_remains()
+        }),
+        Err(_) => {
+            // No state (the shim removed it at Delete): make sure of the runtime anyway.
+            let log = bundle.join("tether-delete.log");
+            if let Err(e) = cleanup::runtime_delete_force(&runtime(f), &f.id, &log) {
+                eprintln!("{NAME}: {e}");
+            }
+            no_remains()
+        }
+    };
+    if let Err(e) = mounts::unmount_all(&bundle.join("rootfs")) {
+        eprintln!("{NAME}: {e}");
+    }
+    let _ = std::fs::remove_file(socket_path(f));
+    let now = || proto::timestamp(&tether_protocol::time::now());
+    let response = match (&remains.recorded, remains.killed) {
+        (Some(r), _) => DeleteResponse {
+            pid: r.pid as u32,
+            exit_status: super::events::exit_status(r),
+            exited_at: proto::timestamp(&r.exited_at),
+        },
+        // Killed here by SIGKILL: 128 + 9, as containerd's runc shim reports.
+        (None, true) => DeleteResponse {
+            pid: remains.init_pid.unwrap_or(0) as u32,
+            exit_status: 137,
+            exited_at: now(),
+        },
+        // Gone before, unrecorded: containerd's "unknown".
+        (None, false) => DeleteResponse {
+            pid: remains.init_pid.unwrap_or(0) as u32,
+            exit_status: 255,
+            exited_at: now(),
+        },
+    };
+    match write_out(&response.encode_to_vec()) {
+        0 => Ok(()),
+        _ => Err("stdout is gone".to_string()),
+    }
+}
+
+fn no_remains() -> Remains {
+    Remains {
+        recorded: None,
+        init_pid: None,
+        killed: false,
+    }
+}
+
+/// containerd runs `delete` once it lost the shim; a shim still alive then (hung)
+/// is killed, so that what follows does not race with it.
+fn stop_dead_shim(dir: &StateDir) {
+    let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) else {
+        return;
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let f = parse(&args(
+            "-namespace k8s.io -address /run/containerd/containerd.sock -publish-binary /usr/bin/containerd -id c1 -debug start",
+        ));
+        assert_eq!((f.namespace.as_str(), f.id.as_str()), ("k8s.io", "c1"));
+        assert_eq!(f.address, "/run/containerd/containerd.sock");
+        assert_eq!(f.action.as_deref(), Some("start"));
+        let f = parse(&args(
+            "--namespace=ns -id=c2 -bundle /b -new-bool -new-flag=x delete",
+        ));
+        assert_eq!((f.namespace.as_str(), f.id.as_str()), ("ns", "c2"));
+        assert_eq!(f.bundle.as_deref(), Some(Path::new("/b")));
+        assert_eq!(f.action.as_deref(), Some("delete"));
+        assert!(parse(&args("-v")).version);
+        assert!(parse(&args("-namespace n -id i")).action.is_none());
+    }
+
+    #[test]
+    fn sockets_and_state_dirs_fit() {
+        let f = Flags {
+            namespace: "k8s.io".into(),
+            address: "/run/containerd/containerd.sock".into(),
+            id: "x".repeat(76),
+            ..Default::default()
+        };
+        let s = socket_path(&f);
+        assert!(s.as_os_str().len() <= SOCKET_PATH_MAX, "{}", s.display());
+        assert_eq!(s.file_name().map(|n| n.len()), Some(64));
+        let long = state_dir_for(&"n".repeat(76), &"i".repeat(76));
+        assert!(long.join("shim.sock").as_os_str().len() <= SOCKET_PATH_MAX);
+        let short = state_dir_for("default", "c1");
+        assert!(short.ends_with("default/c1"));
+    }
+}
