@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests, the demo and the benchmark: busybox
 //! bundles, launching real shims, and cleaning up after them.
 //!
-//! These tests need root and runc. They never skip: without them they fail, saying
-//! what is missing (scripts/test installs what is needed).
+//! These tests need root and an OCI runtime: runc, or the one `TETHER_TEST_RUNTIME`
+//! names. They never skip: without them they fail, saying what is missing
+//! (scripts/test installs what is needed).
 
 use serde_json::{json, Value};
 use std::fs;
@@ -18,19 +19,55 @@ pub mod containerd;
 pub mod ctr_env;
 pub mod ttrpc;
 
-/// Fails the test (never skips) when root or runc is missing.
-pub fn require_root_and_runc() {
+/// The OCI runtime the integration tests run under: `TETHER_TEST_RUNTIME` (a binary
+/// name looked up in PATH, or a path), runc when unset. Every test's shim is started
+/// with `--runtime` set to it, and the helpers' cleanup calls it.
+pub fn test_runtime() -> String {
+    match std::env::var("TETHER_TEST_RUNTIME") {
+        Ok(rt) if rt.contains('/') => std::path::absolute(&rt)
+            .map(|p| p.display().to_string())
+            .unwrap_or(rt),
+        Ok(rt) if !rt.is_empty() => rt,
+        _ => "runc".to_string(),
+    }
+}
+
+/// The test runtime's file name (`runc`, `youki`): what the shim's messages call it.
+pub fn test_runtime_name() -> String {
+    let rt = test_runtime();
+    rt.rsplit('/').next().unwrap_or(&rt).to_string()
+}
+
+/// A command line of the test runtime (`runc state ID`, `youki delete --force ID`).
+pub fn runtime_command() -> Command {
+    Command::new(test_runtime())
+}
+
+/// Fails the test (never skips) when root or the test runtime is missing.
+pub fn require_root_and_runtime() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
         "these integration tests need root (CI runs as root); run scripts/test as root"
     );
-    let runc = Command::new("runc").arg("--version").output();
+    let rt = test_runtime();
+    let version = runtime_command().arg("--version").output();
     assert!(
-        runc.map(|o| o.status.success()).unwrap_or(false),
-        "runc is not installed: run scripts/test (it installs runc, busybox-static and socat)"
+        version.as_ref().map(|o| o.status.success()).unwrap_or(false),
+        "the OCI runtime {rt} (TETHER_TEST_RUNTIME, runc when unset) does not run ({}): \
+         run scripts/test (scripts/setup installs runc, and youki with --youki)",
+        match &version {
+            Ok(o) => format!("--version {}", o.status),
+            Err(e) => e.to_string(),
+        }
     );
+}
+
+/// The old name of [`require_root_and_runtime`], kept for tests written before the
+/// runtime could be chosen.
+pub fn require_root_and_runc() {
+    require_root_and_runtime()
 }
 
 /// The workspace's target dir, found from the running test binary.
@@ -240,8 +277,8 @@ impl Drop for TempDir {
     }
 }
 
-/// A shim launched with `tether-shim start`, cleaned up on drop (container deleted,
-/// shim gone, runc state gone) whatever the test did.
+/// A shim launched with `tether-shim start` on the test runtime, cleaned up on drop
+/// (container deleted, shim gone, the runtime's state gone) whatever the test did.
 pub struct Shim {
     pub id: String,
     pub socket: PathBuf,
@@ -256,6 +293,7 @@ impl Shim {
         Self::launch_with(spec, &[])
     }
 
+    /// `extra` goes after `--runtime TEST_RUNTIME`: a `--runtime` in it wins.
     pub fn launch_with(spec: &BundleSpec, extra: &[&str]) -> Shim {
         let work = TempDir::new("tether-it");
         let state_dir = work.path().join("state");
@@ -265,7 +303,7 @@ impl Shim {
     /// A shim with its state dir at `state_dir` (a tmpfs of the test's, say) and id
     /// `id`; `work` holds the bundle and is removed with the shim.
     pub fn launch_at(spec: &BundleSpec, work: TempDir, state_dir: PathBuf, id: &str, extra: &[&str]) -> Shim {
-        require_root_and_runc();
+        require_root_and_runtime();
         let id = id.to_string();
         let bundle = spec.write(&work.path().join("bundle"));
         let out = Command::new(binary("tether-shim"))
@@ -273,6 +311,7 @@ impl Shim {
             .arg(&bundle)
             .arg("--state-dir")
             .arg(&state_dir)
+            .args(["--runtime", &test_runtime()])
             .args(extra)
             .output()
             .expect("run tether-shim start");
@@ -321,9 +360,7 @@ impl Drop for Shim {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let _ = Command::new("runc")
-            .args(["delete", "--force", &self.id])
-            .output();
+        let _ = runtime_command().args(["delete", "--force", &self.id]).output();
     }
 }
 

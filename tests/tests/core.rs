@@ -122,10 +122,10 @@ fn runtime_failure_carries_runcs_own_message() {
     let shim = Shim::launch(&BundleSpec::new(&["/no/such/program"]));
     let mut c = shim.client();
     let e = c.create(&null_stdio()).and_then(|_| c.start().map(|_| ()));
-    let e = e.expect_err("runc must refuse a missing program");
+    let e = e.expect_err("the runtime must refuse a missing program");
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed));
     let msg = e.to_string();
-    assert!(msg.starts_with("runc "), "{msg}");
+    assert!(msg.starts_with(&format!("{} ", test_runtime_name())), "{msg}");
     assert!(msg.contains("/no/such/program"), "{msg}");
     assert!(!msg.contains("exit status 1"), "{msg}");
     assert!(c.hello().is_ok());
@@ -277,8 +277,12 @@ fn delete_leaves_nothing_behind() {
     wait_until(T, "shim exit", || pid_gone(shim_pid));
     assert!(pid_gone(init_pid));
     assert!(!shim.state_dir.exists(), "state dir left behind");
-    let runc_state = Command::new("runc").args(["state", &shim.id]).output().unwrap();
-    assert!(!runc_state.status.success(), "runc still knows the container");
+    let rt_state = runtime_command().args(["state", &shim.id]).output().unwrap();
+    assert!(
+        !rt_state.status.success(),
+        "{} still knows the container",
+        test_runtime_name()
+    );
 }
 
 #[test]

@@ -342,7 +342,7 @@ fn checkpoint_and_restore_map_every_option_to_the_runtime() {
 
 #[test]
 fn real_checkpoint_round_trip_when_criu_works() {
-    require_root_and_runc();
+    require_root_and_runtime();
     let criu = Command::new("criu").arg("check").output();
     match criu {
         Ok(out) if out.status.success() => {}

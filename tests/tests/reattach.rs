@@ -19,7 +19,7 @@ fn kill9(pid: u32) {
 
 #[test]
 fn output_survives_a_daemon_killed_mid_stream() {
-    require_root_and_runc();
+    require_root_and_runtime();
     const LINES: u32 = 1_500_000; // about 10.9 MB of counter lines
     let work = TempDir::new("tether-reattach");
     let bundle = BundleSpec::new(&["seq", "1", &LINES.to_string()]).write(&work.path().join("bundle"));
@@ -264,8 +264,8 @@ fn a_sigkilled_shim_is_listed_dead_and_cleanup_removes_everything() {
     assert!(record.reason.is_some());
     wait_until(T, "container gone", || pid_gone(init_pid));
     assert!(!shim.state_dir.exists());
-    let st = Command::new("runc").args(["state", &shim.id]).output().unwrap();
-    assert!(!st.status.success(), "runc state left behind");
+    let st = runtime_command().args(["state", &shim.id]).output().unwrap();
+    assert!(!st.status.success(), "{} state left behind", test_runtime_name());
 }
 
 #[test]

@@ -32,6 +32,8 @@ fn main() {
             &bundle,
             "--state-dir",
             &state_dir,
+            "--runtime",
+            &tether_tests::test_runtime(),
         ])
         .output()
         .expect("tether-shim start");
