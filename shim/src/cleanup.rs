@@ -112,7 +112,7 @@ pub fn runtime_delete_force(runtime: &Runtime, id: &str, log: &Path) -> Result<(
             (_, Some(sig)) => format!("was killed by {}", tether_protocol::signal_name(sig)),
             (code, None) => format!("exited with status {}", code.unwrap_or(-1)),
         };
-        let msg = crate::runtime::failure_message("runtime delete", log, &how);
+        let msg = crate::runtime::failure_message("runtime delete", log, None, &how);
         if msg.contains("does not exist") || msg.contains("not exist") {
             Ok(())
         } else {

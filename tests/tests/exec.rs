@@ -294,6 +294,24 @@ fn pids_maps_exec_ids() {
     );
 }
 
+#[test]
+fn pids_of_a_stopped_container_lists_what_outlived_init() {
+    // The runtimes disagree here (runc prints null, youki [], crun 1.8 crashes): the
+    // shim reads the cgroup itself once init's exit is published.
+    let (_shim, mut c) = running(BundleSpec::new(&["sleep", "1000"]));
+    c.kill(None, 9, false).unwrap();
+    c.wait(None).unwrap();
+    let pids: Vec<ContainerPid> = c.call("pids", &json!({})).unwrap();
+    assert!(pids.is_empty(), "{pids:?}");
+    // Without a pid namespace of its own, a child of init outlives it, in the cgroup.
+    let (_shim, mut c) = running(BundleSpec::new(&["sh", "-c", "sleep 1000 & sleep 0.3"]).shared_pid_ns());
+    let init = c.state().unwrap().pid.unwrap();
+    c.wait(None).unwrap();
+    let pids: Vec<ContainerPid> = c.call("pids", &json!({})).unwrap();
+    assert_eq!(pids.len(), 1, "the orphaned sleep: {pids:?}");
+    assert!(pids[0].pid != init && pids[0].process.is_none(), "{pids:?}");
+}
+
 fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }

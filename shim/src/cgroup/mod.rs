@@ -90,6 +90,18 @@ impl Cgroup {
         cg
     }
 
+    /// The pids in the cgroup (`cgroup.procs`: pids on v1, else any v1 hierarchy,
+    /// else v2); none once the cgroup is gone.
+    pub fn procs(&self) -> Vec<i32> {
+        let dir = self
+            .v1("pids")
+            .or_else(|| self.v1.values().next().map(PathBuf::as_path))
+            .or(self.v2.as_deref());
+        dir.and_then(|d| read(&d.join("cgroup.procs")))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn v1(&self, controller: &str) -> Option<&Path> {
         self.v1.get(controller).map(PathBuf::as_path)
     }

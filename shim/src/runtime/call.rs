@@ -60,6 +60,15 @@ impl RuntimeCall {
         }
     }
 
+    /// True for create, restore and exec: the runtime hands its own stdio to the
+    /// container's process, so its stderr is the process's, not the shim's to read.
+    pub fn hands_stdio_to_process(&self) -> bool {
+        matches!(
+            self,
+            RuntimeCall::Create { .. } | RuntimeCall::Restore { .. } | RuntimeCall::Exec { .. }
+        )
+    }
+
     /// The subcommand, its flags and the container id, in the order runc takes them.
     pub fn args(&self, id: &str) -> Vec<String> {
         let mut a = vec![self.subcommand().to_string()];

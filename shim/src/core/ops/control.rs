@@ -9,7 +9,9 @@ use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use tether_protocol::{CheckpointParams, ContainerPid, EventBody, KillParams, UpdateParams, INIT_PROCESS};
+use tether_protocol::{
+    CheckpointParams, ContainerPid, ContainerStatus, EventBody, KillParams, UpdateParams, INIT_PROCESS,
+};
 
 impl Core {
     pub(in crate::core) fn kill(&mut self, ticket: Ticket, p: KillParams) -> Reply {
@@ -146,6 +148,14 @@ impl Core {
     }
 
     pub(in crate::core) fn pids(&mut self, ticket: Ticket) -> Reply {
+        // Once init's exit is published the runtimes disagree about an empty
+        // container (runc prints null, youki [], crun 1.8 crashes): the shim reads the
+        // cgroup itself, which still lists what outlived init in a shared pid
+        // namespace.
+        if self.status() == ContainerStatus::Stopped {
+            let pids = self.oom.cgroup.as_ref().map(|cg| cg.procs()).unwrap_or_default();
+            return Reply::Now(Ok(self.named_pids(pids)));
+        }
         later(self.begin_pids(ticket))
     }
 
@@ -180,24 +190,30 @@ impl Core {
     fn parse_ps(&self, out: &Path) -> CallResult {
         let text = fs::read_to_string(out)
             .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", out.display())))?;
-        let pids: Vec<i32> = serde_json::from_str(text.trim()).map_err(|e| {
+        // runc prints `null` for a container without processes.
+        let pids: Option<Vec<i32>> = serde_json::from_str(text.trim()).map_err(|e| {
             err(
                 ErrorKind::RuntimeFailed,
-                format!("runtime ps printed no pid list: {e}"),
+                format!("{} ps printed no pid list: {e}", self.runtime.name()),
             )
         })?;
+        Ok(self.named_pids(pids.unwrap_or_default()))
+    }
+
+    /// `pids` with the process name of each pid that is one of the shim's.
+    fn named_pids(&self, pids: Vec<i32>) -> Answer {
         let names: HashMap<i32, &str> = self
             .processes()
             .filter(|p| p.is_alive())
             .filter_map(|p| p.pid().map(|pid| (pid, p.name.as_str())))
             .collect();
-        Ok(Answer::Pids(
+        Answer::Pids(
             pids.into_iter()
                 .map(|pid| ContainerPid {
                     pid,
                     process: names.get(&pid).map(|n| n.to_string()),
                 })
                 .collect(),
-        ))
+        )
     }
 }

@@ -47,6 +47,9 @@ pub struct Op {
     /// `runc create`, for messages.
     what: String,
     log: PathBuf,
+    /// Where its stderr went, when the shim captured it (not for create, restore and
+    /// exec): a runtime that fails before its logger is set up says why only there.
+    stderr: Option<PathBuf>,
     /// Files made for this invocation alone (its log among them), removed at its end.
     scratch: Vec<PathBuf>,
 }
@@ -66,7 +69,7 @@ impl Core {
         kind: OpKind,
         ticket: Ticket,
         call: RuntimeCall,
-        stdio: RuntimeStdio,
+        mut stdio: RuntimeStdio,
         n: u64,
         mut scratch: Vec<PathBuf>,
     ) -> Result<Deferred, CoreError> {
@@ -74,6 +77,16 @@ impl Core {
         let what = format!("{} {sub}", self.runtime.name());
         let log = self.dir.scratch(n, sub, "log");
         scratch.push(log.clone());
+        let mut stderr = None;
+        if stdio.stderr.is_none() && !call.hands_stdio_to_process() {
+            let path = self.dir.scratch(n, sub, "err");
+            // Without the file the runtime's stderr is /dev/null, as before.
+            if let Ok(file) = std::fs::File::create(&path) {
+                stdio.stderr = Some(file.into());
+                scratch.push(path.clone());
+                stderr = Some(path);
+            }
+        }
         let spawned = self
             .runtime
             .spawn(self.spawner.as_mut(), &log, &call, &self.id, stdio);
@@ -86,6 +99,7 @@ impl Core {
                         ticket,
                         what,
                         log,
+                        stderr,
                         scratch,
                     },
                 );
@@ -102,7 +116,7 @@ impl Core {
     pub(super) fn finish_op(&mut self, op: Op, exit: ChildExit, io: &mut Io<'_>) {
         // Read the runtime's own account before its log goes.
         let failure = (exit.status != 0).then(|| {
-            let message = failure_message(&op.what, &op.log, &exit.describe());
+            let message = failure_message(&op.what, &op.log, op.stderr.as_deref(), &exit.describe());
             crate::log!("{message}");
             err(ErrorKind::RuntimeFailed, message)
         });
