@@ -2,9 +2,11 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--out DIR] [--baseline TETHER_SHIM]` (scripts/bench installs the
-//! peers and builds first). `--baseline` adds another tether-shim binary (an earlier
-//! build) as system `base`, measured in the same run, with tether/base ratios.
+//! `bench [--quick] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]` (scripts/bench
+//! installs the peers and builds first). `--baseline` adds another tether-shim binary
+//! (an earlier build) as system `base`, measured in the same run, with tether/base
+//! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
+//! interleaved with the others, as a row of its own.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -49,6 +51,11 @@ fn main() {
         .position(|a| a == "--baseline")
         .and_then(|i| args.get(i + 1))
         .map(|p| fs::canonicalize(p).expect("--baseline: no such tether-shim"));
+    let youki = args
+        .iter()
+        .position(|a| a == "--youki")
+        .and_then(|i| args.get(i + 1))
+        .map(|p| fs::canonicalize(p).expect("--youki: no such youki"));
     tether_tests::require_root_and_runc();
     for tool in ["conmon", "containerd", "ctr", "containerd-shim-runc-v2"] {
         assert!(
@@ -88,6 +95,7 @@ fn main() {
         samples: BTreeMap::new(),
         work: work.clone(),
     };
+    let mut second = youki.map(|y| SecondRuntime::new(y, &work));
     let started = Instant::now();
     // runc create is bimodal here (about 32 or 65 ms): enough runs for stable medians.
     let runs = if quick { 3 } else { 25 };
@@ -96,6 +104,9 @@ fn main() {
         for sys in b.with_base(&SYSTEMS) {
             let ms = b.start_latency(sys);
             b.record("start_ms", sys, ms);
+        }
+        if let Some(rt) = second.as_mut() {
+            rt.start_latency(&mut b);
         }
     }
     eprintln!("bench: exit latency");
@@ -121,6 +132,9 @@ fn main() {
     b.tether_under_containerd(runs, mb, if quick { 5 } else { 50 });
     let mut report = b.report(started.elapsed());
     report["tether_under_containerd"] = b.containerd_front_report();
+    if let Some(rt) = second.take() {
+        report["second_runtime"] = rt.report();
+    }
     fs::create_dir_all(&out).unwrap();
     fs::write(
         out.join("results.json"),
@@ -236,6 +250,40 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Runs a runtime command with null stdio (`create` hands its stdio to the container,
+/// so a captured pipe would never see EOF); a failure panics with the last line of
+/// the runtime's `log`.
+fn runtime_ok(mut cmd: Command, args: &[&str], log: &Path) {
+    let status = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        panic!(
+            "{} {args:?} failed: {}",
+            cmd.get_program().to_string_lossy(),
+            text.lines().last().unwrap_or("")
+        );
+    }
+}
+
+/// Bare `create` + `start` of a runtime (`rt` makes its command with global options),
+/// null stdio, pid file in `work`: the floor for start latency.
+fn bare_create_start(rt: &dyn Fn() -> Command, log: &Path, work: &Path, id: &str, bundle: &Path) {
+    let pidfile = work.join(format!("{id}.pid"));
+    let (bundle, pidfile) = (bundle.to_str().unwrap(), pidfile.to_str().unwrap());
+    runtime_ok(
+        rt(),
+        &["create", "--bundle", bundle, "--pid-file", pidfile, id],
+        log,
+    );
+    runtime_ok(rt(), &["start", id], log);
 }
 
 /// (PSS, private dirty, RSS) in kB from /proc/PID/smaps_rollup.
@@ -376,29 +424,19 @@ impl Bench {
         c
     }
 
-    /// Runs runc with null stdio: `create` hands its stdio to the container, so a
-    /// captured pipe would never see EOF.
     fn runc_ok(&self, args: &[&str]) {
-        let status = self
-            .runc()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        if !status.success() {
-            let log = fs::read_to_string(self.work.join("runc.log")).unwrap_or_default();
-            panic!("runc {args:?} failed: {}", log.lines().last().unwrap_or(""));
-        }
+        runtime_ok(self.runc(), args, &self.work.join("runc.log"));
     }
 
     /// Bare `runc create` + `runc start` with null stdio: the floor for start latency.
     fn runc_run(&self, id: &str, bundle: &Path) {
-        let pidfile = self.work.join(format!("{id}.pid"));
-        let (bundle, pidfile) = (bundle.to_str().unwrap(), pidfile.to_str().unwrap());
-        self.runc_ok(&["create", "--bundle", bundle, "--pid-file", pidfile, id]);
-        self.runc_ok(&["start", id]);
+        bare_create_start(
+            &|| self.runc(),
+            &self.work.join("runc.log"),
+            &self.work,
+            id,
+            bundle,
+        );
     }
 
     fn runc_delete(&self, id: &str) {
@@ -407,6 +445,18 @@ impl Bench {
 
     /// `tether-shim start` of system `sys` ("tether" or "base") + connect.
     fn launch_shim(&mut self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
+        self.launch_shim_with(sys, id, bundle, &[])
+    }
+
+    /// `launch_shim` with more `tether-shim start` flags, after the bench's own (a
+    /// later `--runtime-root` wins).
+    fn launch_shim_with(
+        &mut self,
+        sys: &str,
+        id: &str,
+        bundle: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> (Client, PathBuf) {
         let state = self.work.join("tether").join(id);
         let out = Command::new(self.shim_bin(sys))
             .args(["start", "--id", id, "--bundle"])
@@ -415,6 +465,7 @@ impl Bench {
             .arg(&state)
             .arg("--runtime-root")
             .arg(&self.runc_root)
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -1294,4 +1345,115 @@ fn svg(report: &Value) -> String {
         );
     }
     s + "</svg>\n"
+}
+
+/// Start latency on a second runtime (`--youki PATH`): bare youki `create` + `start`
+/// beside tether over youki, each run interleaved with the other systems' start runs.
+/// A section of its own so that the main table keeps its columns.
+struct SecondRuntime {
+    /// The runtime's file name, for the table (`youki`).
+    name: String,
+    bin: PathBuf,
+    /// Its `--root`, on the bench's tmpfs.
+    root: PathBuf,
+    log: PathBuf,
+    /// "bare" / "tether" -> start latency samples, ms.
+    samples: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl SecondRuntime {
+    fn new(bin: PathBuf, work: &Path) -> SecondRuntime {
+        let name = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ok = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{} does not run: scripts/setup --youki builds it",
+            bin.display()
+        );
+        let root = work.join(&name);
+        fs::create_dir_all(&root).unwrap();
+        let log = work.join(format!("{name}.log"));
+        SecondRuntime {
+            name,
+            bin,
+            root,
+            log,
+            samples: BTreeMap::new(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(&self.root).arg("--log").arg(&self.log);
+        c
+    }
+
+    /// One bare run and one through tether, each container removed after.
+    fn start_latency(&mut self, b: &mut Bench) {
+        let bundle = b.bundle("sleep", &["sleep", "1000"]);
+        let id = b.id("y");
+        let t = Instant::now();
+        bare_create_start(&|| self.cmd(), &self.log, &b.work, &id, &bundle);
+        self.samples.entry("bare").or_default().push(ms(t.elapsed()));
+        let _ = self.cmd().args(["delete", "--force", &id]).output();
+
+        let id = b.id("y");
+        let t = Instant::now();
+        let flags = [
+            "--runtime".as_ref(),
+            self.bin.as_os_str(),
+            "--runtime-root".as_ref(),
+            self.root.as_os_str(),
+        ];
+        let (mut c, state) = b.launch_shim_with("tether", &id, &bundle, &flags);
+        c.create(&null_stdio()).unwrap();
+        c.start().unwrap();
+        self.samples.entry("tether").or_default().push(ms(t.elapsed()));
+        Bench::tether_remove(&mut c, &state);
+    }
+
+    /// Prints the row and returns it for results.json.
+    fn report(&self) -> Value {
+        let cell = |sys: &str| {
+            let (med, lo, hi) = stats(self.samples.get(sys).map(Vec::as_slice).unwrap_or(&[]));
+            (
+                med,
+                format!("{med:.2} ({lo:.2}-{hi:.2})"),
+                json!({"median": med, "min": lo, "max": hi}),
+            )
+        };
+        let (bare, bare_text, bare_json) = cell("bare");
+        let (tether, tether_text, tether_json) = cell("tether");
+        let head = format!("start over {} (same run)", self.name);
+        println!(
+            "\n{head:<34} {:>24} {:>24} {:>14}\n{:<34} {bare_text:>24} {tether_text:>24} {:>14.3}",
+            format!("bare {}", self.name),
+            "tether",
+            "tether/bare",
+            "start_ms",
+            tether / bare
+        );
+        json!({"runtime": self.name, "start_ms": {"bare": bare_json, "tether": tether_json}, "tether_over_bare": tether / bare})
+    }
+
+    /// Removes every container left under its root (an interrupted run's).
+    fn remove_all(&self) {
+        for e in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd().args(["delete", "--force", &id]).output();
+        }
+    }
+}
+
+impl Drop for SecondRuntime {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
 }
