@@ -343,6 +343,16 @@ fn checkpoint_and_restore_map_every_option_to_the_runtime() {
 #[test]
 fn real_checkpoint_round_trip_when_criu_works() {
     require_root_and_runtime();
+    if test_runtime_name() != "runc" {
+        // youki 0.7.0 has no `checkpoint` (it spells it `checkpointt`) and no
+        // `restore`; Debian's crun 1.8.1 has neither (built without CRIU). The argv
+        // mapping test above runs on every runtime.
+        println!(
+            "real round trip NOT run on {}: it runs on runc only (see the quirks table in docs/PROTOCOL.md)",
+            test_runtime_name()
+        );
+        return;
+    }
     let criu = Command::new("criu").arg("check").output();
     match criu {
         Ok(out) if out.status.success() => {}
