@@ -56,7 +56,7 @@ pub fn require_root_and_runtime() {
     assert!(
         version.as_ref().map(|o| o.status.success()).unwrap_or(false),
         "the OCI runtime {rt} (TETHER_TEST_RUNTIME, runc when unset) does not run ({}): \
-         run scripts/test (scripts/setup installs runc, and youki with --youki)",
+         run scripts/test (scripts/setup installs runc, youki with --youki, crun with --crun)",
         match &version {
             Ok(o) => format!("--version {}", o.status),
             Err(e) => e.to_string(),
@@ -313,6 +313,8 @@ impl Shim {
             .arg(&state_dir)
             .args(["--runtime", &test_runtime()])
             .args(extra)
+            // Absolute for the fault-injection runtimes, which hand it on.
+            .env("TETHER_TEST_RUNTIME", test_runtime())
             .output()
             .expect("run tether-shim start");
         assert!(
