@@ -10,7 +10,10 @@ YOUKI=$YOUKI_ROOT/bin/youki
 # hybrid host (see the wrapper for why).
 CRUN_HYBRID=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/runtimes/crun-hybrid
 
-# True if $YOUKI is youki $YOUKI_VERSION.
+# True if $YOUKI is youki $YOUKI_VERSION. (Not `| grep -q`: under pipefail, youki
+# killed by SIGPIPE after grep's early exit would make the check fail at random.)
 youki_ready() {
-  "$YOUKI" --version 2>/dev/null | grep -qx "youki version: $YOUKI_VERSION"
+  local v
+  v=$("$YOUKI" --version 2>/dev/null) || return 1
+  [[ $'\n'"$v"$'\n' == *$'\n'"youki version: $YOUKI_VERSION"$'\n'* ]]
 }
