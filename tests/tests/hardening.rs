@@ -416,8 +416,13 @@ fn a_runtime_killed_mid_create_leaves_nothing_behind() {
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed), "{e}");
     assert!(e.to_string().contains("SIGKILL"), "{e}");
     assert_eq!(c.hello().unwrap().status, ContainerStatus::New);
-    let state = Command::new("runc").args(["state", &shim.id]).output().unwrap();
-    assert!(!state.status.success(), "runc still knows {}", shim.id);
+    let state = runtime_command().args(["state", &shim.id]).output().unwrap();
+    assert!(
+        !state.status.success(),
+        "{} still knows {}",
+        test_runtime_name(),
+        shim.id
+    );
     c.create(&null_stdio()).expect("a retry is a fresh create");
     c.start().unwrap();
 }
@@ -436,8 +441,13 @@ fn a_create_without_a_pid_file_goes_back_to_new() {
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed), "{e}");
     assert!(e.to_string().contains("pid file"), "{e}");
     assert_eq!(c.hello().unwrap().status, ContainerStatus::New);
-    let state = Command::new("runc").args(["state", &shim.id]).output().unwrap();
-    assert!(!state.status.success(), "runc still knows {}", shim.id);
+    let state = runtime_command().args(["state", &shim.id]).output().unwrap();
+    assert!(
+        !state.status.success(),
+        "{} still knows {}",
+        test_runtime_name(),
+        shim.id
+    );
     c.create(&null_stdio()).expect("a retry is a fresh create");
 }
 
