@@ -386,7 +386,8 @@ fn exec_with_capture_answers_with_output_and_kills_at_its_deadline() {
             "exec",
             &ExecParams {
                 exec_id: "chatty".into(),
-                process: json!({"args": ["sh", "-c", "yes | head -c 5000000; printf '\\377' >&2"]}),
+                // No SIGPIPE in it: youki starts processes with SIGPIPE ignored.
+                process: json!({"args": ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' y; printf '\\377' >&2"]}),
                 capture: Some(CaptureParams {
                     timeout_ms: None,
                     limit: Some(1000),
@@ -396,7 +397,7 @@ fn exec_with_capture_answers_with_output_and_kills_at_its_deadline() {
         )
         .unwrap();
     assert_eq!(r.exit.status, Some(0), "drained past the limit, never blocked");
-    assert_eq!(r.stdout.as_deref(), Some("y\n".repeat(500).as_str()));
+    assert_eq!(r.stdout.as_deref(), Some("y".repeat(1000).as_str()));
     assert!(r.stdout_truncated);
     assert_eq!(
         (r.stderr.as_deref(), r.stderr_base64.as_deref()),
