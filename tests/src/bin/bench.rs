@@ -68,6 +68,14 @@ fn main() {
     let work = PathBuf::from(format!("/tmp/tether-bench-{}", std::process::id()));
     cleanup_leftovers(&work);
     fs::create_dir_all(&work).unwrap();
+    // The bench is built with panic=abort: a failed run must still take its
+    // containerd, shims and containers (all started under `work`) with it.
+    let on_panic = work.clone();
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        cleanup_leftovers(&on_panic);
+    }));
     // Everything (runc's root, every monitor's state and logs) on a tmpfs, as /run is
     // on a production host: file-system journal noise out of the figures.
     let tmpfs = Command::new("mount")

@@ -160,7 +160,12 @@ impl Core {
     }
 
     fn begin_pids(&mut self, ticket: Ticket) -> Result<super::Deferred, CoreError> {
-        self.process(None)?;
+        if self.process(None)?.pid().is_none() {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("container {} is being created: it has no processes yet", self.id),
+            ));
+        }
         let n = self.scratch_id();
         let out = self.dir.scratch(n, "ps", "out");
         let file = fs::File::create(&out)

@@ -306,7 +306,8 @@ fn delete(f: &Flags) -> Result<(), String> {
         }),
         Err(_) => {
             // No state (the shim removed it at Delete): make sure of the runtime anyway.
-            let log = bundle.join("tether-delete.log");
+            // Its log is not in the bundle: containerd may be removing that meanwhile.
+            let log = std::env::temp_dir().join(format!("tether-delete-{}.log", std::process::id()));
             if let Err(e) = cleanup::runtime_delete_force(&runtime(f), &f.id, &log) {
                 eprintln!("{NAME}: {e}");
             }
