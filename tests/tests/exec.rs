@@ -353,8 +353,9 @@ fn a_thousand_sequential_and_fifty_concurrent_execs_leak_nothing() {
         assert_eq!(c.wait(Some(&id)).unwrap().status, Some(i % 5), "exec {id}");
         c.delete(Some(&id), false).unwrap();
     }
+    // (Polled, not read once: the shim opens /proc/self/maps for a moment when it gives
+    // memory back, and a leak is an fd that stays.)
     wait_until(T, "fds and children back to the baseline", || {
         fd_count(shim_pid) == fds0 && child_count(shim_pid) == kids0
     });
-    assert_eq!(fd_count(shim_pid), fds0);
 }
