@@ -5,6 +5,8 @@
 
 pub mod containerd;
 pub mod jsonrpc;
+pub mod listener;
+pub mod out_queue;
 
 use crate::core::{Core, Output};
 use crate::reactor::{Io, Readiness};

@@ -21,17 +21,17 @@ mod stdio;
 mod ttrpc;
 
 use crate::core::{Core, Output, Ticket};
-use crate::fronts::{peer_allowed, Front};
+use crate::fronts::listener::{Backlog, Listener};
+use crate::fronts::Front;
 use crate::reactor::{Io, Owner, Readiness};
-use mio::net::UnixListener;
-use mio::{Interest, Token};
+use mio::Token;
 use prost::Message;
 use publisher::Publisher;
 use service::{status, Asker, Handled, Service, Then};
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use ttrpc::{code, Input, Link};
 
 const FRAMES_PER_TURN: usize = 64;
@@ -41,8 +41,6 @@ const MAX_PENDING: usize = 4096;
 const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 /// Request flag: the client streams data after the request (not supported here).
 const FLAG_REMOTE_OPEN: u8 = 0x2;
-/// After `accept` fails (out of descriptors): when to try again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// How the shim was started by containerd.
 pub struct Config {
@@ -62,14 +60,11 @@ struct Conn {
 }
 
 pub struct Containerd {
-    owner: Owner,
-    listener: Option<(UnixListener, Token)>,
+    listener: Listener,
     socket: PathBuf,
     conns: HashMap<Token, Conn>,
     pending: HashMap<Ticket, (Asker, Then)>,
-    backlog: Vec<Token>,
-    /// `accept` ran out of descriptors: retry at this time.
-    accept_retry: Option<Instant>,
+    backlog: Backlog,
     service: Service,
     publisher: Publisher,
 }
@@ -82,59 +77,28 @@ impl Containerd {
         owner: Owner,
         io: &mut Io<'_>,
     ) -> io::Result<Containerd> {
-        listener.set_nonblocking(true)?;
-        let mut listener = UnixListener::from_std(listener);
-        let token = io.watch(owner, &mut listener, Interest::READABLE)?;
         Ok(Containerd {
-            owner,
-            listener: Some((listener, token)),
+            listener: Listener::watch(listener, owner, "task API client", io)?,
             socket: config.socket,
             conns: HashMap::new(),
             pending: HashMap::new(),
-            backlog: Vec::new(),
-            accept_retry: None,
+            backlog: Backlog::default(),
             service: Service::new(config.namespace.clone(), config.bundle, id),
             publisher: Publisher::new(config.events_address, config.namespace, owner),
         })
     }
 
     fn accept(&mut self, io: &mut Io<'_>) {
-        self.accept_retry = None;
-        let Some((listener, _)) = self.listener.as_ref() else {
-            return;
-        };
-        loop {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    if let Err(why) = peer_allowed(&stream) {
-                        crate::log!("refused a task API client: {why}");
-                        continue;
-                    }
-                    match io.watch(self.owner, &mut stream, Interest::READABLE | Interest::WRITABLE) {
-                        Ok(token) => {
-                            let conn = Conn {
-                                link: Link::new(stream),
-                                pending: 0,
-                            };
-                            self.conns.insert(token, conn);
-                        }
-                        Err(e) => crate::log!("cannot watch a task API client: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // EMFILE and friends: a client queued now would wait for a
-                    // readiness that only another connection brings. Retry soon.
-                    crate::log!(
-                        "accept on {} failed: {e}; retrying in {ACCEPT_RETRY:?}",
-                        self.socket.display()
-                    );
-                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
-                    return;
-                }
-            }
-        }
+        let conns = &mut self.conns;
+        self.listener.accept(io, |token, stream| {
+            conns.insert(
+                token,
+                Conn {
+                    link: Link::new(stream),
+                    pending: 0,
+                },
+            );
+        });
     }
 
     /// Serves at most FRAMES_PER_TURN frames of one connection, then writes.
@@ -284,7 +248,7 @@ impl Containerd {
 impl Front for Containerd {
     #[inline(never)] // keeps its locals out of the idle loop's frame
     fn on_ready(&mut self, token: Token, ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
-        if self.listener.as_ref().is_some_and(|(_, t)| *t == token) {
+        if self.listener.owns(token) {
             return self.accept(io);
         }
         if self.publisher.owns(token) {
@@ -332,14 +296,11 @@ impl Front for Containerd {
     }
 
     fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
-        if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+        if self.listener.retry_due() {
             self.accept(io);
         }
-        let backlog = std::mem::take(&mut self.backlog);
-        for (i, token) in backlog.iter().enumerate() {
-            if !backlog[..i].contains(token) {
-                self.serve(*token, core, io);
-            }
+        for token in self.backlog.take() {
+            self.serve(token, core, io);
         }
         self.publisher.pump(core, &mut self.service.info, io);
     }
@@ -348,17 +309,15 @@ impl Front for Containerd {
         if !self.backlog.is_empty() {
             return Some(Instant::now());
         }
-        [self.publisher.next_deadline(), self.accept_retry]
+        [self.publisher.next_deadline(), self.listener.retry_at()]
             .into_iter()
             .flatten()
             .min()
     }
 
     fn stop_accepting(&mut self, io: &mut Io<'_>) {
-        if let Some((mut listener, token)) = self.listener.take() {
-            io.unwatch(&mut listener, token);
-            let _ = std::fs::remove_file(&self.socket);
-        }
+        self.listener.close(io);
+        let _ = std::fs::remove_file(&self.socket);
     }
 
     fn is_flushed(&self) -> bool {

@@ -6,17 +6,15 @@
 //! An oversized frame is skipped, never buffered, and reported so that its stream can
 //! be answered with an error.
 
+use crate::fronts::out_queue::OutQueue;
 use mio::net::UnixStream;
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 pub const HEADER: usize = 10;
 /// The largest frame data ttrpc allows (4 MiB); longer frames are refused.
 pub const MAX_DATA: usize = 4 << 20;
 pub const REQUEST: u8 = 1;
 pub const RESPONSE: u8 = 2;
-/// Bytes queued for one peer before it counts as stuck and is disconnected.
-const MAX_QUEUED: usize = 8 << 20;
 /// The most one read takes in (a frame's data is read in pieces of at most this).
 const READ_CHUNK: usize = 64 << 10;
 
@@ -59,9 +57,7 @@ pub struct Link {
     input: Vec<u8>,
     /// Data bytes of an oversized frame still to throw away.
     skip: usize,
-    out: VecDeque<Vec<u8>>,
-    written: usize,
-    queued: usize,
+    out: OutQueue,
     pub read_closed: bool,
 }
 
@@ -71,9 +67,7 @@ impl Link {
             stream,
             input: Vec::new(),
             skip: 0,
-            out: VecDeque::new(),
-            written: 0,
-            queued: 0,
+            out: OutQueue::default(),
             read_closed: false,
         }
     }
@@ -164,35 +158,16 @@ impl Link {
         frame.push(kind);
         frame.push(0);
         frame.extend_from_slice(data);
-        self.queued += frame.len();
-        self.out.push_back(frame);
-        self.queued <= MAX_QUEUED
+        self.out.push(frame)
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.out.is_empty()
+        self.out.has_pending()
     }
 
     /// Writes what the socket takes. Err: the peer is gone.
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some(front) = self.out.front() {
-            match self.stream.write(&front[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.written += n;
-                    if self.written == front.len() {
-                        self.queued -= front.len();
-                        self.written = 0;
-                        self.out.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        self.out = VecDeque::new();
-        Ok(())
+        self.out.flush(&mut self.stream)
     }
 }
 
@@ -210,6 +185,7 @@ fn parse_header(b: &[u8]) -> Option<(u32, u32, u8, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn pair() -> (Link, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();

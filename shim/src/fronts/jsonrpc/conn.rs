@@ -1,15 +1,13 @@
 //! One client connection: bytes in, complete lines out; answers and events queued
 //! out with bounds, so a client cannot grow the shim without limit.
 
+use crate::fronts::out_queue::OutQueue;
 use mio::net::UnixStream;
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use tether_protocol::frame::{Line, LineBuffer};
 use tether_protocol::MAX_LINE;
 
-/// Bytes queued for one client before it counts as stuck and is disconnected (a
-/// subscriber that stopped reading its events).
-pub const MAX_QUEUED: usize = 8 << 20;
+pub use crate::fronts::out_queue::MAX_QUEUED;
 /// While more than this is queued for a client, its requests are not read: a client
 /// that sends without reading its answers is held back by its own socket.
 pub const PAUSE_READING_AT: usize = 256 << 10;
@@ -17,10 +15,7 @@ pub const PAUSE_READING_AT: usize = 256 << 10;
 pub struct Conn {
     pub stream: UnixStream,
     input: LineBuffer,
-    out: VecDeque<Vec<u8>>,
-    /// Bytes of the front buffer already written.
-    written: usize,
-    queued: usize,
+    out: OutQueue,
     /// Receives events (after `subscribe`).
     pub subscribed: bool,
     /// The client shut down its sending side (`socat` at the end of its input): no
@@ -46,9 +41,7 @@ impl Conn {
         Conn {
             stream,
             input: LineBuffer::new(MAX_LINE),
-            out: VecDeque::new(),
-            written: 0,
-            queued: 0,
+            out: OutQueue::default(),
             subscribed: false,
             read_closed: false,
             paused: false,
@@ -79,45 +72,25 @@ impl Conn {
 
     /// Queues one line; false when the bound is passed (the caller disconnects).
     pub fn queue(&mut self, line: Vec<u8>) -> bool {
-        self.queued += line.len();
-        self.out.push_back(line);
-        self.queued <= MAX_QUEUED
+        self.out.push(line)
     }
 
     pub fn queued(&self) -> usize {
-        self.queued
+        self.out.queued()
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.out.is_empty()
+        self.out.has_pending()
     }
 
     /// Writes what the socket takes. Err: the client is gone.
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some(front) = self.out.front() {
-            match self.stream.write(&front[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.written += n;
-                    if self.written == front.len() {
-                        self.queued -= front.len();
-                        self.written = 0;
-                        self.out.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        // An empty queue holds no memory.
-        self.out = VecDeque::new();
-        Ok(())
+        self.out.flush(&mut self.stream)
     }
 
     /// A last word before closing (best effort, never blocks).
     pub fn say_goodbye(&mut self, reason: &str) {
-        if self.written != 0 {
+        if self.out.mid_message() {
             // Mid-line: anything more would garble the line being written.
             return;
         }

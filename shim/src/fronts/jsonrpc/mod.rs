@@ -12,34 +12,29 @@ mod fuzz;
 mod request;
 
 use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
-use crate::fronts::{peer_allowed, Front};
+use crate::fronts::listener::{Backlog, Listener};
+use crate::fronts::Front;
 use crate::reactor::{Io, Owner, Readiness};
 use conn::{Conn, Input, MAX_QUEUED, PAUSE_READING_AT};
-use mio::net::UnixListener;
-use mio::{Interest, Token};
+use mio::Token;
 use std::collections::HashMap;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tether_protocol::*;
 
 /// Lines of one client served before the loop turns to other work.
 const LINES_PER_TURN: usize = 64;
 /// Calls of one client that may wait for an answer at once.
 pub const MAX_PENDING: usize = 4096;
-/// After `accept` fails for want of descriptors: when to try again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub struct JsonRpc {
-    owner: Owner,
-    listener: Option<(UnixListener, Token)>,
+    listener: Listener,
     conns: HashMap<Token, Conn>,
     /// Deferred calls: which connection, and the raw id to answer with (None: a
     /// notification, answered to nobody).
     pending: HashMap<Ticket, (Token, Option<String>)>,
     /// Connections with lines or unread input left over from their last turn.
-    backlog: Vec<Token>,
-    /// `accept` ran out of descriptors: retry at this time.
-    accept_retry: Option<Instant>,
+    backlog: Backlog,
 }
 
 impl JsonRpc {
@@ -48,53 +43,20 @@ impl JsonRpc {
         owner: Owner,
         io: &mut Io<'_>,
     ) -> io::Result<Self> {
-        listener.set_nonblocking(true)?;
-        let mut listener = UnixListener::from_std(listener);
-        let token = io.watch(owner, &mut listener, Interest::READABLE)?;
         Ok(JsonRpc {
-            owner,
-            listener: Some((listener, token)),
+            listener: Listener::watch(listener, owner, "client", io)?,
             conns: HashMap::new(),
             pending: HashMap::new(),
-            backlog: Vec::new(),
-            accept_retry: None,
+            backlog: Backlog::default(),
         })
     }
 
     #[inline(never)] // keeps its locals out of the idle loop's frame
     fn accept(&mut self, io: &mut Io<'_>) {
-        let retrying = self.accept_retry.take().is_some();
-        let Some((listener, _)) = self.listener.as_ref() else {
-            return;
-        };
-        loop {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    if let Err(why) = peer_allowed(&stream) {
-                        crate::log!("refused a client: {why}");
-                        continue;
-                    }
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    match io.watch(self.owner, &mut stream, interest) {
-                        Ok(token) => {
-                            self.conns.insert(token, Conn::new(stream));
-                        }
-                        Err(e) => crate::log!("cannot watch a client: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the clients queued now would wait for a
-                    // readiness that only another connection brings. Retry soon.
-                    if !retrying {
-                        crate::log!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
-                    }
-                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
-                    return;
-                }
-            }
-        }
+        let conns = &mut self.conns;
+        self.listener.accept(io, |token, stream| {
+            conns.insert(token, Conn::new(stream));
+        });
     }
 
     /// Serves a connection's input, at most LINES_PER_TURN lines, then writes.
@@ -265,7 +227,7 @@ impl JsonRpc {
 impl Front for JsonRpc {
     #[inline(never)] // keeps its locals out of the idle loop's frame
     fn on_ready(&mut self, token: Token, ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
-        if self.listener.as_ref().is_some_and(|(_, t)| *t == token) {
+        if self.listener.owns(token) {
             return self.accept(io);
         }
         self.serve(token, core, io);
@@ -314,15 +276,11 @@ impl Front for JsonRpc {
     }
 
     fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
-        if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+        if self.listener.retry_due() {
             self.accept(io);
         }
-        let backlog = std::mem::take(&mut self.backlog);
-        for (i, token) in backlog.iter().enumerate() {
-            // A connection may have been queued twice in one turn: serve it once.
-            if !backlog[..i].contains(token) {
-                self.serve(*token, core, io);
-            }
+        for token in self.backlog.take() {
+            self.serve(token, core, io);
         }
     }
 
@@ -330,13 +288,11 @@ impl Front for JsonRpc {
         if !self.backlog.is_empty() {
             return Some(Instant::now());
         }
-        self.accept_retry
+        self.listener.retry_at()
     }
 
     fn stop_accepting(&mut self, io: &mut Io<'_>) {
-        if let Some((mut listener, token)) = self.listener.take() {
-            io.unwatch(&mut listener, token);
-        }
+        self.listener.close(io);
     }
 
     fn is_flushed(&self) -> bool {
