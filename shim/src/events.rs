@@ -29,7 +29,7 @@ const MAX_UNWRITTEN: usize = 65_536;
 /// front that speaks JSON sends). [`Stored::event`] gives the typed event.
 pub struct Stored {
     pub seq: u64,
-    pub json: String,
+    pub json: Rc<str>,
 }
 
 impl Stored {
@@ -102,16 +102,23 @@ impl EventLog {
     /// Gives `body` the next seq and appends it to the file (or, if the disk refuses,
     /// keeps it in memory behind the others that wait). The event goes out either
     /// way: the live subscribers must not miss it.
-    pub fn append(&mut self, body: EventBody) -> Rc<Event> {
+    /// Returns the event and its JSON (serialized once, for the file and for every
+    /// front that speaks JSON).
+    pub fn append(&mut self, body: EventBody) -> (Rc<Event>, Rc<str>) {
         let event = Event {
             seq: self.last_seq + 1,
             ts: tether_protocol::time::now(),
             body,
         };
         // Serializing these plain structs cannot fail; an empty object is the fallback.
-        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
+        let json: Rc<str> = serde_json::to_string(&event)
+            .unwrap_or_else(|_| "{}".to_string())
+            .into();
         self.last_seq = event.seq;
-        self.unwritten.push_back(Stored { seq: event.seq, json });
+        self.unwritten.push_back(Stored {
+            seq: event.seq,
+            json: json.clone(),
+        });
         if self.unwritten.len() > MAX_UNWRITTEN {
             if let Some(dropped) = self.unwritten.pop_front() {
                 let first = self.lost.map_or(dropped.seq, |(first, _)| first);
@@ -123,7 +130,7 @@ impl EventLog {
                 crate::log!("event log compaction failed (the log keeps growing): {e}");
             }
         }
-        Rc::new(event)
+        (Rc::new(event), json)
     }
 
     /// Writes what waits, in order. True when nothing waits any more.
@@ -230,7 +237,7 @@ impl EventLog {
             match serde_json::from_str::<SeqOnly>(&line) {
                 Ok(s) if s.seq > since => events.push(Stored {
                     seq: s.seq,
-                    json: line,
+                    json: line.into(),
                 }),
                 Ok(_) => {}
                 // Counted as a gap by replay, so not lost silently.
@@ -262,7 +269,7 @@ mod tests {
         let (dir, mut log) = temp_log("replay");
         for pid in 1..=5 {
             let p = log.append(EventBody::Created { pid });
-            assert_eq!(p.seq, pid as u64);
+            assert_eq!(p.0.seq, pid as u64);
         }
         assert_eq!(seqs(&log.replay(2).unwrap()), vec![3, 4, 5]);
         assert!(log.replay(5).unwrap().is_empty());

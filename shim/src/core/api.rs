@@ -139,7 +139,9 @@ impl From<CallResult> for Reply {
 
 pub enum Output {
     Reply(Ticket, Box<CallResult>),
-    Event(Rc<Event>),
+    /// An event, and its JSON as the event log holds it (a JSON front sends that
+    /// rather than serialize the event again).
+    Event(Rc<Event>, Rc<str>),
     /// The shim is done: answer what is queued, then exit.
     Exit {
         remove_state_dir: bool,

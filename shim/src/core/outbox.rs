@@ -51,8 +51,8 @@ impl Outbox {
     }
 
     pub fn publish(&mut self, body: EventBody) {
-        let event = self.events.append(body);
-        self.outputs.push(Output::Event(event));
+        let (event, json) = self.events.append(body);
+        self.outputs.push(Output::Event(event, json));
         self.check_health();
     }
 
@@ -148,8 +148,8 @@ impl Outbox {
                 },
                 _ => EventBody::StateDirRecovered {},
             };
-            let event = self.events.append(body);
-            self.outputs.push(Output::Event(event));
+            let (event, json) = self.events.append(body);
+            self.outputs.push(Output::Event(event, json));
             self.retry_at = (!self.health().writable).then(|| Instant::now() + RETRY);
         }
     }

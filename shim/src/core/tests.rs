@@ -17,7 +17,7 @@ fn describe(outputs: Vec<Output>) -> Vec<String> {
     outputs
         .into_iter()
         .map(|o| match o {
-            Output::Event(e) => match &e.body {
+            Output::Event(e, _) => match &e.body {
                 EventBody::Exit(r) => format!(
                     "exit {} {}{}",
                     r.process,

@@ -274,7 +274,7 @@ impl Front for Containerd {
                     let response = self.service.finish(then, (**result).clone());
                     self.respond(who, response, core, io);
                 }
-                Output::Event(event) => self.publisher.push(event),
+                Output::Event(event, _) => self.publisher.push(event),
                 // The container is gone however it was deleted (JSON-RPC too): its
                 // rootfs goes with it.
                 Output::Exit { .. } if core.status() == tether_protocol::ContainerStatus::Deleted => {

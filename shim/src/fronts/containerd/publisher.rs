@@ -326,7 +326,7 @@ mod tests {
             let stored = (since + 1..=self.last)
                 .map(|seq| Stored {
                     seq,
-                    json: serde_json::to_string(&event(seq)).unwrap(),
+                    json: serde_json::to_string(&event(seq)).unwrap().into(),
                 })
                 .collect();
             Ok((self.last, stored))

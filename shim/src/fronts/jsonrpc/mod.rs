@@ -216,7 +216,7 @@ impl JsonRpc {
             self.send(token, answer_line(id, "result", &result), core, io);
         }
         for stored in &replay {
-            self.send(token, event_line_from_json(&stored.json), core, io);
+            self.send(token, event_line(&stored.json), core, io);
         }
         if let Some(conn) = self.conns.get_mut(&token) {
             conn.subscribed = true;
@@ -249,8 +249,8 @@ impl Front for JsonRpc {
                     }
                     self.send_result(token, id.as_deref(), (**result).clone(), core, io);
                 }
-                Output::Event(event) => {
-                    let line = event_line(event);
+                Output::Event(_, json) => {
+                    let line = event_line(json);
                     let subscribers: Vec<Token> = self
                         .conns
                         .iter()
@@ -345,12 +345,8 @@ fn answer_line<T: serde::Serialize>(id: &str, member: &str, body: &T) -> Vec<u8>
     format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"{member}\":{body}}}\n").into_bytes()
 }
 
-fn event_line(event: &Event) -> Vec<u8> {
-    event_line_from_json(&serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string()))
-}
-
 /// The notification carrying one event's JSON (as the event log stores it).
-fn event_line_from_json(json: &str) -> Vec<u8> {
+fn event_line(json: &str) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(json.len() + 48);
     bytes.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":");
     bytes.extend_from_slice(json.as_bytes());
