@@ -420,11 +420,13 @@ fn exited_execs_keep_no_fds() {
     );
 }
 
-// 7. A runtime killed mid-create leaves nothing in its state; a retry works.
-#[test]
-fn a_runtime_killed_mid_create_leaves_nothing_behind() {
-    let work = TempDir::new("tether-killed");
-    let runtime = fault_runtime("killed-mid-create-runtime", work.path());
+/// A shim over fault runtime `name` whose first create fails with a message that
+/// names `cause`: the shim is back in `new`, the runtime holds nothing of the
+/// container, and a retry is a fresh create. Returns the runtime's dir, the shim and
+/// its client, in the order they must outlive each other.
+fn failed_create_leaves_nothing(name: &str, cause: &str) -> (TempDir, Shim, Client) {
+    let work = TempDir::new("tether-failed-create");
+    let runtime = fault_runtime(name, work.path());
     let shim = Shim::launch_with(
         &BundleSpec::new(&["sleep", "1000"]),
         &["--runtime", runtime.to_str().unwrap()],
@@ -432,7 +434,7 @@ fn a_runtime_killed_mid_create_leaves_nothing_behind() {
     let mut c = shim.client();
     let e = c.create(&null_stdio()).unwrap_err();
     assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed), "{e}");
-    assert!(e.to_string().contains("SIGKILL"), "{e}");
+    assert!(e.to_string().contains(cause), "{e}");
     assert_eq!(c.hello().unwrap().status, ContainerStatus::New);
     let state = runtime_command().args(["state", &shim.id]).output().unwrap();
     assert!(
@@ -442,31 +444,20 @@ fn a_runtime_killed_mid_create_leaves_nothing_behind() {
         shim.id
     );
     c.create(&null_stdio()).expect("a retry is a fresh create");
+    (work, shim, c)
+}
+
+// 7. A runtime killed mid-create leaves nothing in its state; a retry works.
+#[test]
+fn a_runtime_killed_mid_create_leaves_nothing_behind() {
+    let (_work, _shim, mut c) = failed_create_leaves_nothing("killed-mid-create-runtime", "SIGKILL");
     c.start().unwrap();
 }
 
 // 7. A runtime that exits 0 without writing the pid file: back to `new`, clean.
 #[test]
 fn a_create_without_a_pid_file_goes_back_to_new() {
-    let work = TempDir::new("tether-nopid");
-    let runtime = fault_runtime("no-pid-file-runtime", work.path());
-    let shim = Shim::launch_with(
-        &BundleSpec::new(&["sleep", "1000"]),
-        &["--runtime", runtime.to_str().unwrap()],
-    );
-    let mut c = shim.client();
-    let e = c.create(&null_stdio()).unwrap_err();
-    assert_eq!(e.rpc_kind(), Some(ErrorKind::RuntimeFailed), "{e}");
-    assert!(e.to_string().contains("pid file"), "{e}");
-    assert_eq!(c.hello().unwrap().status, ContainerStatus::New);
-    let state = runtime_command().args(["state", &shim.id]).output().unwrap();
-    assert!(
-        !state.status.success(),
-        "{} still knows {}",
-        test_runtime_name(),
-        shim.id
-    );
-    c.create(&null_stdio()).expect("a retry is a fresh create");
+    failed_create_leaves_nothing("no-pid-file-runtime", "pid file");
 }
 
 // 8. Stdio aimed at the shim's own files is refused; failed execs leave no files.
