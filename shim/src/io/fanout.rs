@@ -241,14 +241,8 @@ impl Fanout {
     /// The process is gone and its exit out: a FIFO's read end goes once nothing
     /// unread is left behind it.
     pub fn release_keepalive_if_drained(&mut self) {
-        if let Some(plain) = self.plain.as_mut() {
-            let drained = plain
-                .keepalive
-                .as_ref()
-                .is_some_and(|k| crate::sys::bytes_queued(k.as_raw_fd()) == Some(0));
-            if self.eof && plain.pending.is_empty() && drained {
-                plain.keepalive = None;
-            }
+        if let Some(plain) = self.plain.as_mut().filter(|p| self.eof && p.pending.is_empty()) {
+            super::host_end::release_keepalive_if_drained(&mut plain.keepalive);
         }
     }
 

@@ -125,6 +125,19 @@ fn make_fifo(path: &Path) -> Result<(), Errno> {
     }
 }
 
+/// Lets an output FIFO's keepalive go once nothing unread is left in the FIFO: then
+/// it guards nothing (see [`HostEnd::Open`]), and an exited process should hold no
+/// fds. Bytes still unread keep it until they are read or the process is deleted.
+pub fn release_keepalive_if_drained(keepalive: &mut Option<OwnedFd>) {
+    use std::os::fd::AsRawFd;
+    if keepalive
+        .as_ref()
+        .is_some_and(|k| crate::sys::bytes_queued(k.as_raw_fd()) == Some(0))
+    {
+        *keepalive = None;
+    }
+}
+
 pub fn is_regular_file(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     nix::sys::stat::fstat(fd.as_raw_fd())

@@ -219,12 +219,8 @@ impl Relay {
     /// A finished output relay's FIFO keepalive, once nothing unread is left in the
     /// FIFO: then it guards nothing, and an exited process should hold no fds.
     pub fn release_keepalive_if_drained(&mut self) {
-        let drained = self
-            .keepalive
-            .as_ref()
-            .is_some_and(|k| crate::sys::bytes_queued(k.as_raw_fd()) == Some(0));
-        if self.done && drained {
-            self.keepalive = None;
+        if self.done {
+            super::host_end::release_keepalive_if_drained(&mut self.keepalive);
         }
     }
 
