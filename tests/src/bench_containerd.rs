@@ -296,22 +296,7 @@ impl Bench {
                 false,
             ),
         ];
-        println!(
-            "\n{:<48} {:>8} {:>8}  met",
-            "ratio (tether under containerd)", "value", "target"
-        );
-        let mut rs = Vec::new();
-        for (name, value, target, lower) in ratios {
-            let met = if lower { value <= target } else { value >= target };
-            println!(
-                "{name:<48} {value:>8.3} {}{target:>7.2}  {}",
-                if lower { "<=" } else { ">=" },
-                if met { "yes" } else { "NO" }
-            );
-            rs.push(
-                json!({"name": name, "value": value, "target": target, "lower_is_better": lower, "met": met}),
-            );
-        }
+        let rs = report_ratios("ratio (tether under containerd)", &ratios);
         json!({"figures": figures, "ratios": rs})
     }
 }

@@ -1176,19 +1176,7 @@ impl Bench {
                 println!("{f:<48} {:>8.3}", m(f, "tether") / m(f, "base"));
             }
         }
-        println!("\n{:<48} {:>8} {:>8}  met", "ratio", "value", "target");
-        let mut rs = Vec::new();
-        for (name, value, target, lower) in ratios {
-            let met = if lower { value <= target } else { value >= target };
-            println!(
-                "{name:<48} {value:>8.3} {}{target:>7.2}  {}",
-                if lower { "<=" } else { ">=" },
-                if met { "yes" } else { "NO" }
-            );
-            rs.push(
-                json!({"name": name, "value": value, "target": target, "lower_is_better": lower, "met": met}),
-            );
-        }
+        let rs = report_ratios("ratio", &ratios);
         let uname = Command::new("uname")
             .arg("-r")
             .output()
@@ -1217,6 +1205,25 @@ impl Drop for Bench {
     fn drop(&mut self) {
         kill_leftovers(&self.work); // containers and shims only
     }
+}
+
+/// Prints (name, value, target, lower is better) rows under `title`, each marked met
+/// or not; returns them for results.json.
+fn report_ratios(title: &str, ratios: &[(&str, f64, f64, bool)]) -> Vec<Value> {
+    println!("\n{title:<48} {:>8} {:>8}  met", "value", "target");
+    let mut rs = Vec::new();
+    for &(name, value, target, lower) in ratios {
+        let met = if lower { value <= target } else { value >= target };
+        println!(
+            "{name:<48} {value:>8.3} {}{target:>7.2}  {}",
+            if lower { "<=" } else { ">=" },
+            if met { "yes" } else { "NO" }
+        );
+        rs.push(
+            json!({"name": name, "value": value, "target": target, "lower_is_better": lower, "met": met}),
+        );
+    }
+    rs
 }
 
 /// Kills `pid` and waits until `done()` says the daemon side holds the status, polling
