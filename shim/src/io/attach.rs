@@ -51,6 +51,9 @@ pub struct AttachHub {
     stdin_owner: Option<Token>,
     /// The output is over: no new clients; each goes once its queue is sent.
     closing: bool,
+    /// `close_stdin` came: input already read still goes to stdin, then it closes;
+    /// new input is refused.
+    stdin_closing: bool,
 }
 
 impl AttachHub {
@@ -79,6 +82,7 @@ impl AttachHub {
             stdin: None,
             stdin_owner: None,
             closing: false,
+            stdin_closing: false,
         })
     }
 
@@ -95,8 +99,16 @@ impl AttachHub {
         self.stdin = fd.map(|fd| (fd, None));
     }
 
-    /// The process's stdin was closed (`close_stdin`): attach input has nowhere to go.
+    /// `close_stdin`: input the hub has already read from clients still reaches the
+    /// process; then the hub's descriptor on stdin goes, and new input is refused.
     pub fn close_stdin(&mut self, io: &mut Io<'_>) {
+        self.stdin_closing = true;
+        if self.clients.iter().all(|c| c.pending_input.is_empty()) {
+            self.drop_stdin(io);
+        }
+    }
+
+    fn drop_stdin(&mut self, io: &mut Io<'_>) {
         if let Some((fd, Some(token))) = self.stdin.take() {
             io.unwatch_fd(fd.as_raw_fd(), token);
         }
@@ -154,7 +166,11 @@ impl AttachHub {
             return;
         };
         if !self.clients[i].cut {
-            if let Err(reason) = self.take_input(i, io) {
+            let taken = self.take_input(i, io);
+            if self.stdin_closing && self.clients.iter().all(|c| c.pending_input.is_empty()) {
+                self.drop_stdin(io);
+            }
+            if let Err(reason) = taken {
                 return self.cut_off(i, io, reason);
             }
         }
@@ -202,6 +218,7 @@ impl AttachHub {
             let mut buf = vec![0u8; INPUT_PACKET];
             match socket::recv(client.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Err(None),
+                Ok(_) if self.stdin_closing => return Err(Some("the process's stdin is closed".to_string())),
                 Ok(n) => {
                     if *self.stdin_owner.get_or_insert(client.token) != client.token {
                         return Err(Some("stdin is held by another attach client".to_string()));
@@ -292,7 +309,7 @@ impl AttachHub {
             return;
         }
         self.closing = true;
-        self.close_stdin(io);
+        self.drop_stdin(io);
         io.unwatch_fd(self.listener.as_raw_fd(), self.listener_token);
         let _ = std::fs::remove_file(&self.path);
         let mut i = 0;

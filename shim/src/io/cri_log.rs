@@ -56,6 +56,12 @@ impl<'a> Record<'a> {
     fn len(&self) -> usize {
         self.a.len() + self.b.len()
     }
+
+    /// The process's bytes this record stands for: its content, and for `F` the
+    /// newline that ended the line. What a dropped record costs, exactly.
+    fn written_by_process(&self) -> usize {
+        self.len() + usize::from(self.tag == b'F')
+    }
 }
 
 /// The line `a`+`b` as records: `P` of `max` bytes while more than `max` remain, then
@@ -191,9 +197,8 @@ impl CriLog {
             return;
         }
         let drops = &mut self.drops[index(stream)];
-        let content: usize = records.iter().map(Record::len).sum();
         if drops.dropping() {
-            return drops.count(content);
+            return drops.count(records.iter().map(Record::written_by_process).sum());
         }
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(records.len() * 4);
         let mut ends = Vec::with_capacity(records.len());
@@ -238,7 +243,7 @@ impl CriLog {
             }
         }
         self.size += kept;
-        let lost: usize = records[whole..].iter().map(Record::len).sum();
+        let lost: usize = records[whole..].iter().map(Record::written_by_process).sum();
         if !refuses_bytes(e) {
             crate::log!("log {}: {e}", self.path.display());
         }

@@ -127,6 +127,11 @@ impl Fanout {
         }
     }
 
+    /// Its source, while it has one.
+    pub fn source(&self) -> Option<&OwnedFd> {
+        self.src.as_ref()
+    }
+
     pub fn owns(&self, token: Token) -> bool {
         self.src_token == Some(token) || self.plain.as_ref().is_some_and(|p| p.token == Some(token))
     }
@@ -134,6 +139,13 @@ impl Fanout {
     /// Every byte of the source is where it goes.
     pub fn is_done(&self) -> bool {
         self.eof && self.plain.as_ref().is_none_or(|p| p.pending.is_empty())
+    }
+
+    /// Not finished, and bytes wait: taken but not yet written, or in the source.
+    pub fn output_waiting(&self) -> bool {
+        !self.is_done()
+            && (self.plain.as_ref().is_some_and(|p| !p.pending.is_empty())
+                || self.src.as_ref().is_some_and(|s| super::relay::queued(s) > 0))
     }
 
     /// Moves what can be moved now. `process_exited` lets a PTY's EIO count as the end.

@@ -63,6 +63,20 @@ pub struct ProcessIo {
     /// The PTY master, kept for resize and close_stdin.
     pub master: Option<OwnedFd>,
     pub pending_resize: Option<(u16, u16)>,
+    stdin_close: StdinClose,
+    /// Until the runtime call that makes the process succeeds, nothing is relayed:
+    /// what its pipes hold then is the runtime's own words (see `take_runtime_words`).
+    held: bool,
+}
+
+/// Where `close_stdin` is for one process.
+#[derive(Default, PartialEq, Eq)]
+enum StdinClose {
+    #[default]
+    Open,
+    /// Asked: stdin closes once what its source holds has reached the process.
+    Draining,
+    Closed,
 }
 
 impl ProcessIo {
@@ -75,6 +89,15 @@ impl ProcessIo {
                 .iter()
                 .all(|r| r.stream == Stream::Stdin || r.is_done())
             && self.fanouts.iter().all(Fanout::is_done)
+    }
+
+    /// Output bytes are waiting on their way: in a source pipe or PTY, or taken by
+    /// the shim and not yet written (a slow reader holds them back).
+    pub fn output_waiting(&self) -> bool {
+        self.relays
+            .iter()
+            .any(|r| r.stream != Stream::Stdin && r.output_waiting())
+            || self.fanouts.iter().any(Fanout::output_waiting)
     }
 
     /// Output dropped since the last report: (stream, sink, report).

@@ -6,7 +6,7 @@ mod call;
 mod failure;
 
 pub use call::RuntimeCall;
-pub use failure::failure_message;
+pub use failure::{failure_message, failure_message_with};
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;

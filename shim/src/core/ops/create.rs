@@ -45,6 +45,7 @@ impl Core {
             stderr: p.stderr,
             log: p.log,
             attach: p.attach,
+            stdin_eof: p.stdin_eof,
             capture: None,
         };
         let (pio, stdio) = crate::io::setup(INIT_PROCESS, bundle.terminal, spec, &self.dir, io)?;
@@ -98,6 +99,10 @@ impl Core {
         };
         // A restored container is running when the runtime returns.
         init.launched(pid, restore);
+        init.io.start_relaying(io, false);
+        if restore {
+            init.io.process_started(io, false);
+        }
         let result = CreateResult {
             pid,
             stdio: init.io.paths.clone(),

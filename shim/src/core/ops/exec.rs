@@ -50,6 +50,7 @@ impl Core {
             stderr: p.stderr,
             log: p.log,
             attach: p.attach,
+            stdin_eof: p.stdin_eof,
             capture: capture.as_ref().map(|_| capture_limit),
         };
         let (pio, stdio) = match crate::io::setup(&name, terminal, spec, &self.dir, io) {
@@ -119,6 +120,8 @@ impl Core {
             return;
         };
         proc.launched(pid, true);
+        proc.io.start_relaying(io, false);
+        proc.io.process_started(io, false);
         let result = ExecResult {
             exec_id: name.clone(),
             pid,
