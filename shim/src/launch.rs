@@ -7,25 +7,12 @@
 use crate::core::Core;
 use crate::fronts::jsonrpc::JsonRpc;
 use crate::reactor::Reactor;
-use crate::runtime::Runtime;
-use crate::state_dir::{self, StateDir};
-use serde::{Deserialize, Serialize};
+use crate::state_dir::{self, LaunchOptions, StateDir};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-
-/// What the shim was started with; saved as `options.json` for `cleanup` and for
-/// daemons that rebuild their view from disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaunchOptions {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub state_dir: PathBuf,
-    pub runtime: Runtime,
-}
 
 /// glibc's per-thread cache keeps freed chunks "in use", so malloc_trim cannot give
 /// them back: off for the shim, whose idle memory is what a node pays per container.
@@ -110,10 +97,7 @@ pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir,
 
 fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
     if dir.root.exists() {
-        let pid = fs::read_to_string(dir.shim_pid())
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        return Err(match pid.filter(|p| crate::cleanup::pid_alive(*p)) {
+        return Err(match dir.live_shim() {
             Some(pid) => format!("a shim for {id} is already running (pid {pid}, {})", dir.root.display()),
             None => format!(
                 "state dir {} already exists (left by a shim that died?): run `tether-shim cleanup --id {id}` first",

@@ -11,7 +11,7 @@
 
 use super::process::Process;
 use super::Core;
-use crate::reactor::Io;
+use crate::registry::Io;
 use std::time::{Duration, Instant};
 
 /// How long an exit waits for its output pipes to reach EOF while nothing is waiting

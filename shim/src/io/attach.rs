@@ -10,7 +10,7 @@
 //! process's output ends, each client gets what is queued for it, then EOF.
 
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};

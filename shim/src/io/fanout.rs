@@ -14,7 +14,7 @@ use super::drops::{refuses_bytes, DropReport, Drops};
 use super::host_end::set_nonblocking;
 use super::relay::RelayParts;
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, OwnedFd};

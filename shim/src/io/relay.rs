@@ -10,7 +10,7 @@
 use super::drops::{refuses_bytes, DropReport, Drops};
 use super::host_end::set_nonblocking;
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::fcntl::SpliceFFlags;

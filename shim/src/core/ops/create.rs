@@ -8,7 +8,7 @@ use super::super::process::Process;
 use super::super::{err, Answer, CoreError, ErrorKind, Reply, Ticket};
 use super::{later, Core, OpKind};
 use crate::io::StdioSpec;
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use std::fs;
 use tether_protocol::{CreateParams, CreateResult, EventBody, INIT_PROCESS};

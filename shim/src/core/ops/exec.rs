@@ -8,7 +8,7 @@ use super::super::process::{CaptureWait, Process};
 use super::super::{err, Answer, CoreError, Deferred, ErrorKind, Reply, Ticket};
 use super::{later, remove_files, Core, OpKind};
 use crate::io::{StdioSpec, Stream};
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::RuntimeCall;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;

@@ -13,8 +13,8 @@ mod start;
 
 use super::api::{Answer, CoreError, Deferred, Empty, ErrorKind, Ticket};
 use super::{err, Core};
-use crate::reactor::Io;
 use crate::reaper::ChildExit;
+use crate::registry::Io;
 use crate::runtime::{failure_message, failure_message_with, RuntimeCall, RuntimeStdio};
 use std::path::PathBuf;
 

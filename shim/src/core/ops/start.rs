@@ -3,7 +3,7 @@
 
 use super::super::{err, Answer, CoreError, ErrorKind, Reply, Ticket};
 use super::{later, Core, OpKind};
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use tether_protocol::{EventBody, PidResult};
 

@@ -8,7 +8,7 @@ use super::service::{status, Handled, PendingExec, Service, Status, Then, MAX_PE
 use super::stdio::{self, Owner};
 use super::ttrpc::code;
 use crate::core::{Call, Core};
-use crate::reactor::Io;
+use crate::registry::Io;
 use prost::Message;
 use tether_protocol::*;
 

@@ -13,12 +13,13 @@
 //! shim), TETHER_STATE_ROOT (default /run/tether/containerd), TETHER_SOCKET_DIR
 //! (default /run/containerd/s).
 
-use super::proto::{self, DeleteResponse};
-use super::{mounts, sha256, Config, Containerd};
-use crate::cleanup::{self, pid_alive, read_pid, Remains};
-use crate::launch::{self, LaunchOptions};
+use crate::cleanup::{self, Remains};
+use crate::fronts::containerd::proto::{self, DeleteResponse};
+use crate::fronts::containerd::{events, mounts, sha256, Config, Containerd};
+use crate::launch;
+use crate::reaper::pid_alive;
 use crate::runtime::Runtime;
-use crate::state_dir::{self, StateDir};
+use crate::state_dir::{self, LaunchOptions, StateDir};
 use prost::Message;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -299,7 +300,7 @@ fn delete(f: &Flags) -> Result<(), String> {
     let bundle = bundle(f)?;
     let dir = StateDir::new(state_dir_for(&f.namespace, &f.id));
     stop_dead_shim(&dir);
-    let remains = match cleanup::read_options(&dir) {
+    let remains = match dir.read_options() {
         Ok(options) => cleanup::clean_up_remains(&dir, &options).unwrap_or_else(|e| {
             eprintln!("{NAME}: {e}");
             no_remains()
@@ -322,7 +323,7 @@ fn delete(f: &Flags) -> Result<(), String> {
     let response = match (&remains.recorded, remains.killed) {
         (Some(r), _) => DeleteResponse {
             pid: r.pid as u32,
-            exit_status: super::events::exit_status(r),
+            exit_status: events::exit_status(r),
             exited_at: proto::timestamp(&r.exited_at),
         },
         // Killed here by SIGKILL: 128 + 9, as containerd's runc shim reports.
@@ -355,7 +356,7 @@ fn no_remains() -> Remains {
 /// containerd runs `delete` once it lost the shim; a shim still alive then (hung)
 /// is killed, so that what follows does not race with it.
 fn stop_dead_shim(dir: &StateDir) {
-    let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) else {
+    let Some(pid) = dir.live_shim() else {
         return;
     };
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
