@@ -79,7 +79,8 @@ impl Core {
         let now = Instant::now();
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
             report_drops(proc, now, false, &mut self.out);
-            proc.io.trim(now);
+            let exited = proc.has_exited();
+            proc.io.on_tick(now, exited, io);
         }
         if self.processes().any(|p| p.exit_reaped_at().is_some()) {
             // An OOM kill is published before the exit it caused: look once more

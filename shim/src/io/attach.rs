@@ -3,11 +3,14 @@
 //! read): each output packet is one byte naming the stream (2 stdout, 3 stderr) and
 //! at most 8192 bytes of it; an input packet is raw bytes for stdin.
 //!
-//! No client ever holds anything up: each has a bounded queue, and one that falls
-//! past it is cut off: it gets no more output, only a last packet with the reason
-//! (stream byte 4, which Podman and CRI-O log and ignore), sent when its socket takes
-//! it, then EOF; the process, its log and the other clients carry on. When the
-//! process's output ends, each client gets what is queued for it, then EOF.
+//! A client that reads, however slowly, gets every byte: while one has more than
+//! [`QUEUE_BOUND`] queued, the process's output is not read (it waits, as it would
+//! behind conmon or containerd), so memory stays bounded. A client that reads nothing
+//! for [`STALL`] while it holds output back is cut off: it gets no more output, only
+//! a last packet with the reason (stream byte 4, which Podman and CRI-O log and
+//! ignore), sent when its socket takes it, then EOF; the process, its log and the
+//! other clients carry on. When the process's output ends, each client gets what is
+//! queued for it (the exit waits for that, up to a stall), then EOF.
 
 use super::Stream;
 use crate::registry::{Io, Owner};
@@ -17,12 +20,15 @@ use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockTyp
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Payload bytes per packet (conmon's STDIO_BUF_SIZE).
 pub const PACKET_PAYLOAD: usize = 8192;
-/// Bytes queued for one client before it counts as stuck (beyond what its socket
-/// buffer holds): room for a reader that is descheduled for a moment.
-pub const MAX_CLIENT_QUEUE: usize = 8 << 20;
+/// Bytes queued for one client (beyond what its socket buffer holds) past which the
+/// process's output waits for it.
+pub const QUEUE_BOUND: usize = 1 << 20;
+/// A client holding output back that reads nothing for this long is cut off.
+pub const STALL: Duration = Duration::from_secs(5);
 /// Stream byte of the shim's last word to a client it disconnects.
 pub const CONTROL: u8 = 4;
 /// conmon's CONN_SOCK_BUF_SIZE: the largest input packet read at once.
@@ -37,6 +43,8 @@ struct Client {
     pending_input: Vec<u8>,
     /// No more output for it: it goes once what is queued (its reason) is sent.
     cut: bool,
+    /// When its socket last took a packet (or it connected).
+    progress_at: Instant,
 }
 
 pub struct AttachHub {
@@ -149,6 +157,7 @@ impl AttachHub {
                             queued: 0,
                             pending_input: Vec::new(),
                             cut: false,
+                            progress_at: Instant::now(),
                         }),
                         Err(e) => crate::log!("cannot watch an attach client: {e}"),
                     }
@@ -233,8 +242,45 @@ impl AttachHub {
         }
     }
 
-    /// Output of `stream` to every client, in packets; a client past its bound is cut
-    /// off.
+    /// A client has more than [`QUEUE_BOUND`] queued: the output must wait.
+    pub fn holding_back(&self) -> bool {
+        self.clients.iter().any(|c| !c.cut && c.queued > QUEUE_BOUND)
+    }
+
+    /// Output is queued for a client that is still served.
+    pub fn output_queued(&self) -> bool {
+        self.clients.iter().any(|c| !c.cut && c.queued > 0)
+    }
+
+    /// When a client holding something back (over its bound, or, once the output
+    /// has ended, anything) counts as stalled if it reads nothing until then.
+    pub fn stall_deadline(&self, output_ended: bool) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter(|c| !c.cut && (c.queued > QUEUE_BOUND || (output_ended && c.queued > 0)))
+            .map(|c| c.progress_at + STALL)
+            .min()
+    }
+
+    /// Cuts off the clients stalled by `now`; true if any was.
+    pub fn cut_stalled(&mut self, now: Instant, output_ended: bool, io: &mut Io<'_>) -> bool {
+        let mut cut = false;
+        while let Some(i) = self.clients.iter().position(|c| {
+            !c.cut
+                && (c.queued > QUEUE_BOUND || (output_ended && c.queued > 0))
+                && now >= c.progress_at + STALL
+        }) {
+            let reason = format!(
+                "attach client too slow: it read nothing for {STALL:?} with {} bytes of output queued",
+                self.clients[i].queued
+            );
+            self.cut_off(i, io, Some(reason));
+            cut = true;
+        }
+        cut
+    }
+
+    /// Output of `stream` to every client, in packets (see [`QUEUE_BOUND`]).
     pub fn broadcast(&mut self, stream: Stream, chunk: &[u8], io: &mut Io<'_>) {
         let id = match stream {
             Stream::Stdin => 1,
@@ -255,16 +301,7 @@ impl AttachHub {
                 client.queued += packet.len();
                 client.out.push_back(packet);
             }
-            let token = client.token;
-            let kept = if client.queued > MAX_CLIENT_QUEUE {
-                let reason =
-                    format!("attach client too slow: more than {MAX_CLIENT_QUEUE} bytes of output queued");
-                self.cut_off(i, io, Some(reason));
-                self.clients.get(i).is_some_and(|c| c.token == token)
-            } else {
-                self.flush_or_drop(i, io)
-            };
-            if kept {
+            if self.flush_or_drop(i, io) {
                 i += 1;
             }
         }
@@ -340,6 +377,7 @@ fn flush(client: &mut Client) -> Result<(), Option<String>> {
             Ok(_) => {
                 client.queued -= packet.len();
                 client.out.pop_front();
+                client.progress_at = Instant::now();
             }
             Err(Errno::EAGAIN) => return Ok(()),
             Err(Errno::EINTR) => continue,

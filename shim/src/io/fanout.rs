@@ -3,10 +3,10 @@
 //! or file). With exactly one plain sink the stream is a splice relay instead (see
 //! `relay`); a fan-out copies, once.
 //!
-//! Who may hold the stream back: only a FIFO (its reader away: back-pressure, as
-//! with a relay). The log never blocks (a full disk drops and counts), attach
-//! clients are cut off past their bound, a capture keeps what its limit allows and
-//! drains the rest.
+//! Who may hold the stream back: a FIFO (its reader away: back-pressure, as with a
+//! relay) and an attach client past its queue's bound (until it stalls: see
+//! `attach`). The log never blocks (a full disk drops and counts), a capture keeps
+//! what its limit allows and drains the rest.
 
 use super::attach::AttachHub;
 use super::cri_log::CriLog;
@@ -164,6 +164,9 @@ impl Fanout {
             }
             if self.eof {
                 return self.close_src(io);
+            }
+            if attach.as_deref().is_some_and(AttachHub::holding_back) {
+                return; // an attach client is behind: back-pressure, up to a stall
             }
             let Some(src) = self.src.as_ref() else { return };
             if self.buf.is_empty() {
