@@ -152,7 +152,7 @@ fn a_terminals_tail_reaches_a_slow_reader() {
     .unwrap();
     let reader = {
         let out = out.clone();
-        std::thread::spawn(move || read_fifo_slowly(&out, 500_000))
+        std::thread::spawn(move || read_fifo_slowly(&out, 300_000))
     };
     c.start().unwrap();
     let events = events_until(&mut c, |e| is_exit(e, "init"));

@@ -492,7 +492,7 @@ fn tetherctl_attach_relays_both_ways() {
 }
 
 // A client that reads packet by packet at about 2 MB/s, as CRI-O and Podman read,
-// on a machine kept busy: it gets every byte of 8 MiB and is never cut off (the
+// on a machine kept busy: it gets every byte of 12 MiB and is never cut off (the
 // process waits for it); the shim's memory stays bounded.
 #[test]
 fn a_slow_attach_reader_gets_every_byte() {
@@ -500,7 +500,7 @@ fn a_slow_attach_reader_gets_every_byte() {
     let shim = Shim::launch(&BundleSpec::new(&[
         "sh",
         "-c",
-        "i=0; while [ $i -lt 256 ]; do head -c 32767 /dev/zero | tr '\\0' y; echo; i=$((i+1)); done",
+        "i=0; while [ $i -lt 384 ]; do head -c 32767 /dev/zero | tr '\\0' y; echo; i=$((i+1)); done",
     ]));
     let mut c = shim.client();
     c.set_timeout(Some(T)).unwrap();
@@ -536,7 +536,7 @@ fn a_slow_attach_reader_gets_every_byte() {
     let got = reader.join().unwrap();
     let mut want = StreamSum::default();
     let line = format!("{}\n", "y".repeat(32767));
-    for _ in 0..256 {
+    for _ in 0..384 {
         want.feed(line.as_bytes());
     }
     assert_eq!(got, want, "the slow reader missed output");

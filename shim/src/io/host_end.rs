@@ -11,8 +11,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use tether_protocol::StdinEof;
 
-/// The pipe and FIFO capacity the shim asks for: a daemon that is away for a moment
-/// does not stall a chatty container at once (pages are only used when filled).
+/// The capacity the shim asks for the process's pipes (and a stdin FIFO it holds a
+/// writer on): a daemon that is away for a moment does not stall a chatty container
+/// at once (pages are only used when filled).
 const PIPE_CAPACITY: i32 = 1 << 20;
 
 /// The host side of one stream.
@@ -80,9 +81,13 @@ pub fn open_host_end(
             })
         }
         (_, true) => {
+            // The FIFO keeps the kernel's size (64 KiB): the process's own pipe (1 MiB)
+            // is the slack. What sits in the FIFO at the exit is what the client must
+            // still read, and ctr 1.6 under load stops reading at its task's exit
+            // before it has all of a 1 MiB FIFO (as with containerd's own shim, whose
+            // FIFOs keep the kernel's size).
             let keepalive = open_nonblocking(&path, true, false).map_err(|e| what(&e))?;
             let fd = open_nonblocking(&path, false, true).map_err(|e| what(&e))?;
-            set_pipe_capacity(&fd);
             Ok(HostEnd::Open {
                 fd,
                 keepalive: Some(keepalive),
