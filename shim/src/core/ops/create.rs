@@ -37,8 +37,7 @@ impl Core {
                 ));
             }
         }
-        let log_path = p.log.as_ref().map(|l| l.path.clone());
-        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr, &log_path])?;
+        self.check_stdio_params(&p.stdin, &p.stdout, &p.stderr, p.log.as_ref())?;
         let spec = StdioSpec {
             stdin: p.stdin,
             stdout: p.stdout,

@@ -26,8 +26,7 @@ impl Core {
         self.can_exec(&p.exec_id)?;
         let spec = bundle::exec_spec(&self.base_process, &p.process)?;
         let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(false);
-        let log_path = p.log.as_ref().map(|l| l.path.clone());
-        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr, &log_path])?;
+        self.check_stdio_params(&p.stdin, &p.stdout, &p.stderr, p.log.as_ref())?;
         let n = self.scratch_id();
         let spec_path = self.dir.scratch(n, "exec", "json");
         let json = serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
