@@ -13,6 +13,7 @@ mod events;
 mod lifecycle;
 mod metrics;
 mod mounts;
+mod options;
 mod proto;
 mod publisher;
 mod service;

@@ -433,6 +433,57 @@ pub struct RuntimeInfo {
     pub name: String,
 }
 
+// ---- the shim's start (api/runtime/bootstrap/v1/bootstrap.proto, containerd 2.3+) ----
+
+/// What containerd 2.3+ writes to `start`'s stdin.
+#[derive(Clone, PartialEq, Message)]
+pub struct BootstrapParams {
+    #[prost(string, tag = "1")]
+    pub instance_id: String,
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+    #[prost(string, tag = "4")]
+    pub containerd_version: String,
+    #[prost(string, tag = "5")]
+    pub containerd_ttrpc_address: String,
+    #[prost(message, repeated, tag = "8")]
+    pub extensions: Vec<Extension>,
+    #[prost(string, optional, tag = "9")]
+    pub socket_dir: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Extension {
+    #[prost(message, optional, tag = "1")]
+    pub value: Option<Any>,
+}
+
+/// What `start` answers a containerd that sent BootstrapParams.
+#[derive(Clone, PartialEq, Message)]
+pub struct BootstrapResult {
+    #[prost(int32, tag = "1")]
+    pub version: i32,
+    #[prost(string, tag = "2")]
+    pub address: String,
+    #[prost(string, tag = "3")]
+    pub protocol: String,
+}
+
+/// containerd's runc options (api/types/runc/options/oci.proto, `containerd.runc.v1.Options`):
+/// the runtime handler's `options` table in containerd's CRI config.
+#[derive(Clone, PartialEq, Message)]
+pub struct RuncOptions {
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    #[prost(bool, tag = "9")]
+    pub systemd_cgroup: bool,
+}
+
+/// The type URL of [`RuncOptions`] (containerd registers messages by their full name).
+pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+
 /// `Timestamp` from an RFC 3339 string the core wrote (None if it is not one).
 pub fn timestamp(rfc3339: &str) -> Option<Timestamp> {
     let (seconds, nanos) = tether_protocol::time::parse_rfc3339(rfc3339)?;
