@@ -42,8 +42,13 @@ const VALUE_FLAGS: [&str; 7] = [
 const SOCKET_PATH_MAX: usize = 107;
 /// What `start` reads of its stdin (containerd's runtime options or bootstrap params).
 const STDIN_LIMIT: u64 = 10 << 20;
-/// The bootstrap protocol version of this shim's answer: task API v3 (served beside v2).
-const BOOTSTRAP_VERSION: i32 = 3;
+/// The shim version of this shim's BootstrapResult: 2, task API v2, one shim per
+/// container. Not 3 (task API v3, which the shim also serves): containerd 2.x takes a
+/// version 3 pod sandbox's shim for one that groups the pod's containers and sends
+/// them all to it instead of starting a shim per container (containerd PR 11793,
+/// core/runtime/v2/shim_manager.go). A version 2 shim gets `start` and `delete` for
+/// every container.
+const BOOTSTRAP_VERSION: i32 = 2;
 /// In the bundle: how the shim called the runtime, for `delete` once the state is gone.
 const BUNDLE_RUNTIME_FILE: &str = "tether-runtime.json";
 
@@ -107,10 +112,7 @@ pub fn main() -> i32 {
         return 0;
     }
     if f.info {
-        let info = proto::RuntimeInfo {
-            name: "io.containerd.tether.v2".to_string(),
-        };
-        return write_out(&info.encode_to_vec());
+        return info();
     }
     let result = match f.action.as_deref() {
         Some("start") => start(&f),
@@ -127,6 +129,52 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `-info` (containerd 2.x asks it of every runtime handler, the runtime's options on
+/// stdin): name, version, and the OCI runtime's `features` as containerd's runc shim
+/// reports them. containerd's CRI reads recursive read-only mounts and user namespace
+/// support from them; without them it takes the handler to have neither.
+fn info() -> i32 {
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().lock().take(STDIN_LIMIT).read_to_end(&mut bytes) {
+        eprintln!("{NAME}: cannot read the runtime options on stdin: {e}");
+        return 1;
+    }
+    let options = match proto::Any::decode(bytes.as_slice()) {
+        Ok(any) if !bytes.is_empty() => match options::from_any(&any) {
+            Ok(o) => o.unwrap_or_default(),
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return 1;
+            }
+        },
+        _ => RuntimeOptions::default(),
+    };
+    let binary = options
+        .binary_name
+        .unwrap_or_else(|| env_or("TETHER_RUNTIME", "runc"));
+    // A runtime without `features` (youki 0.7) leaves them out, as the runc shim does.
+    let features = std::process::Command::new(&binary)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success() && o.stdout.first() == Some(&b'{'))
+        .map(|o| proto::Any {
+            type_url: proto::OCI_FEATURES_TYPE.to_string(),
+            value: o.stdout,
+        });
+    let info = proto::RuntimeInfo {
+        name: "io.containerd.tether.v2".to_string(),
+        version: Some(proto::RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: String::new(),
+        }),
+        features,
+    };
+    write_out(&info.encode_to_vec())
 }
 
 fn write_out(bytes: &[u8]) -> i32 {

@@ -426,12 +426,30 @@ pub struct ForwardRequest {
     pub envelope: Option<Envelope>,
 }
 
-/// containerd 2.x's `-info`: the shim describes itself (containerd.types.RuntimeInfo).
+/// containerd 2.x's `-info`: the shim describes itself (containerd.types.RuntimeInfo,
+/// api/types/introspection.proto).
 #[derive(Clone, PartialEq, Message)]
 pub struct RuntimeInfo {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub version: Option<RuntimeVersion>,
+    /// The OCI runtime's `features` (runtime-spec features.md), JSON in an Any.
+    #[prost(message, optional, tag = "4")]
+    pub features: Option<Any>,
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RuntimeVersion {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(string, tag = "2")]
+    pub revision: String,
+}
+
+/// The type URL containerd registers the runtime-spec's `features.Features` under
+/// (a JSON-encoded type).
+pub const OCI_FEATURES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 
 // ---- the shim's start (api/runtime/bootstrap/v1/bootstrap.proto, containerd 2.3+) ----
 
