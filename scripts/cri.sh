@@ -68,7 +68,7 @@ build_cri_tools() {
 # The images critest and a CRI node pull (scripts/cri-images builds them from
 # busybox-static), in a docker-registry's storage. Bump CRI_IMAGES_VERSION when the set
 # changes: a new root is built beside the old.
-CRI_IMAGES_VERSION=1
+CRI_IMAGES_VERSION=2
 CRI_IMAGES_ROOT=${TETHER_CRI_IMAGES_ROOT:-/var/cache/tether/cri-images-$CRI_IMAGES_VERSION}
 CRI_IMAGES_STORAGE=$CRI_IMAGES_ROOT/storage
 
