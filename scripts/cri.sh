@@ -68,7 +68,7 @@ build_cri_tools() {
 # The images critest and a CRI node pull (scripts/cri-images builds them from
 # busybox-static), in a docker-registry's storage. Bump CRI_IMAGES_VERSION when the set
 # changes: a new root is built beside the old.
-CRI_IMAGES_VERSION=2
+CRI_IMAGES_VERSION=3
 CRI_IMAGES_ROOT=${TETHER_CRI_IMAGES_ROOT:-/var/cache/tether/cri-images-$CRI_IMAGES_VERSION}
 CRI_IMAGES_STORAGE=$CRI_IMAGES_ROOT/storage
 
@@ -129,9 +129,14 @@ cri_registry_hosts() {
   done
 }
 
-# The critest subset scripts/test runs (scripts/critest --subset ci): every runtime
-# case (pods, containers, exec/attach/port-forward streaming, logs, security context,
-# networking); the image service cases (pull, list, remove: no shim involved) are left
-# to the full run.
+# The critest cases scripts/test runs through tether (scripts/critest --subset ci): all
+# but those that fail here with containerd's stock containerd-shim-runc-v2 too, each
+# for a reason of this host or of these images, not of the shim:
+# - public image with digest: its digest is upstream's manifest's, which a locally
+#   built image cannot have;
+# - MaskedPaths: Debian's busybox-static runs `ls` inside its shell (standalone
+#   applets) instead of executing the masked /bin/ls;
+# - execSync with timeout: the `sleep` of the timed-out exec is still there when
+#   critest looks (containerd kills the exec's shell, not its child).
 CRITEST_CI_FOCUS=
-CRITEST_CI_SKIP='\[sig-node\] Image Manager|benchmark'
+CRITEST_CI_SKIP='public image with digest|should support MaskedPaths|execSync with timeout|benchmark'
