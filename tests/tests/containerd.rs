@@ -1,7 +1,8 @@
-//! tether under a real containerd (1.6 here), driven by `ctr`: each test starts a
-//! private containerd (own root, state, sockets; CRI off; tests/src/ctr_env.rs) whose
-//! runtime is containerd-shim-tether-v2 given by absolute path. What ctr 1.6 cannot
-//! do (Update) is spoken to the shim's task socket directly, as containerd does.
+//! tether under a real containerd (Debian's 1.6.20; 2.4.2 with TETHER_CONTAINERD_BIN),
+//! driven by `ctr`: each test starts a private containerd (own root, state, sockets;
+//! CRI off; tests/src/ctr_env.rs) whose runtime is containerd-shim-tether-v2 given by
+//! absolute path. What ctr 1.6 cannot do (Update) is spoken to the shim's task socket
+//! directly, as containerd does.
 //! Faults and bad input: containerd_faults.rs.
 
 use std::fs;
