@@ -401,6 +401,28 @@ pub struct MemoryStats {
     /// Times usage hit the limit.
     pub failcnt: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Kernel memory (v1 memory.kmem.usage_in_bytes, v2 memory.stat `kernel`).
+    #[serde(default)]
+    pub kernel_usage: Option<u64>,
+    /// Swap alone (v1 memory.memsw.usage_in_bytes less usage, v2 memory.swap.current).
+    #[serde(default)]
+    pub swap_usage: Option<u64>,
+    /// From memory.stat (v1 its hierarchical `total_` figures): page cache, anonymous
+    /// memory, mapped files, active and inactive file pages, page faults.
+    #[serde(default)]
+    pub cache: Option<u64>,
+    #[serde(default)]
+    pub rss: Option<u64>,
+    #[serde(default)]
+    pub mapped_file: Option<u64>,
+    #[serde(default)]
+    pub active_file: Option<u64>,
+    #[serde(default)]
+    pub inactive_file: Option<u64>,
+    #[serde(default)]
+    pub pgfault: Option<u64>,
+    #[serde(default)]
+    pub pgmajfault: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

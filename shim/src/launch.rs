@@ -151,7 +151,7 @@ fn become_shim(
     close_inherited_fds(keep);
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::sys::take_private_umask();
     let log = OpenOptions::new()
         .create(true)
         .append(true)

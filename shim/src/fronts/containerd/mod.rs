@@ -12,6 +12,7 @@ pub(crate) mod events;
 mod lifecycle;
 mod metrics;
 pub(crate) mod mounts;
+pub(crate) mod options;
 pub(crate) mod proto;
 mod publisher;
 mod service;
