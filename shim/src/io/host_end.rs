@@ -40,6 +40,7 @@ pub fn open_host_end(
     own_fifo: &Path,
     stdin_eof: StdinEof,
 ) -> Result<HostEnd, String> {
+    let shim_made = spec.is_none();
     let path = match spec {
         Some("/dev/null") => return Ok(HostEnd::Null),
         Some(p) if !p.starts_with('/') => {
@@ -81,13 +82,17 @@ pub fn open_host_end(
             })
         }
         (_, true) => {
-            // The FIFO keeps the kernel's size (64 KiB): the process's own pipe (1 MiB)
-            // is the slack. What sits in the FIFO at the exit is what the client must
-            // still read, and ctr 1.6 under load stops reading at its task's exit
-            // before it has all of a 1 MiB FIFO (as with containerd's own shim, whose
-            // FIFOs keep the kernel's size).
             let keepalive = open_nonblocking(&path, true, false).map_err(|e| what(&e))?;
             let fd = open_nonblocking(&path, false, true).map_err(|e| what(&e))?;
+            // A FIFO the shim made holds 1 MiB, so output written while nobody reads
+            // is out of the process's pipe and its exit can go out. A client's FIFO
+            // keeps the size the client gave it: what sits in it at the exit is what
+            // the client must still read, and ctr 1.6 under load stops reading at its
+            // task's exit before it has all of a 1 MiB FIFO (containerd's own shim
+            // leaves its FIFOs at the kernel's 64 KiB too).
+            if shim_made {
+                set_pipe_capacity(&fd);
+            }
             Ok(HostEnd::Open {
                 fd,
                 keepalive: Some(keepalive),
