@@ -51,6 +51,10 @@ pub struct AttachHub {
     stdin_owner: Option<Token>,
     /// The output is over: no new clients; each goes once its queue is sent.
     closing: bool,
+    /// conmon's rule (tether-conmon): a client that stops writing closes stdin.
+    eof_closes_stdin: bool,
+    /// A client stopped writing under that rule: stdin is to be closed.
+    stdin_eof: bool,
 }
 
 impl AttachHub {
@@ -79,6 +83,8 @@ impl AttachHub {
             stdin: None,
             stdin_owner: None,
             closing: false,
+            eof_closes_stdin: false,
+            stdin_eof: false,
         })
     }
 
@@ -93,6 +99,17 @@ impl AttachHub {
     /// Where attach input goes (the process's stdin).
     pub fn set_stdin(&mut self, fd: Option<OwnedFd>) {
         self.stdin = fd.map(|fd| (fd, None));
+    }
+
+    /// conmon's rule: when a client stops writing (EOF on its socket, after all its
+    /// input went in), the process's stdin is closed.
+    pub fn set_eof_closes_stdin(&mut self, on: bool) {
+        self.eof_closes_stdin = on;
+    }
+
+    /// True once, when a client's EOF asks for stdin to be closed.
+    pub fn take_stdin_eof(&mut self) -> bool {
+        std::mem::take(&mut self.stdin_eof)
     }
 
     /// The process's stdin was closed (`close_stdin`): attach input has nowhere to go.
@@ -201,7 +218,12 @@ impl AttachHub {
             }
             let mut buf = vec![0u8; INPUT_PACKET];
             match socket::recv(client.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return Err(None),
+                Ok(0) => {
+                    if self.eof_closes_stdin && self.stdin.is_some() {
+                        self.stdin_eof = true;
+                    }
+                    return Err(None);
+                }
                 Ok(n) => {
                     if *self.stdin_owner.get_or_insert(client.token) != client.token {
                         return Err(Some("stdin is held by another attach client".to_string()));

@@ -244,8 +244,12 @@ impl ProcessIo {
             self.attach_console(name, exited, io);
         } else if let Some(hub) = self.attach.as_mut().filter(|h| h.owns(token)) {
             hub.on_ready(token, io);
+            let stdin_eof = hub.take_stdin_eof();
             if hub.has_clients() {
                 self.fan_out_relays(io);
+            }
+            if stdin_eof {
+                self.close_stdin(io, exited);
             }
         }
         self.pump(io, exited);
