@@ -37,6 +37,9 @@ struct Client {
     pending_input: Vec<u8>,
     /// No more output for it: it goes once what is queued (its reason) is sent.
     cut: bool,
+    /// It shut down its sending side (podman does, its stdin done or never read):
+    /// no more input, but it still gets the output until it closes.
+    input_done: bool,
 }
 
 pub struct AttachHub {
@@ -154,6 +157,7 @@ impl AttachHub {
                             queued: 0,
                             pending_input: Vec::new(),
                             cut: false,
+                            input_done: false,
                         }),
                         Err(e) => crate::log!("cannot watch an attach client: {e}"),
                     }
@@ -170,7 +174,11 @@ impl AttachHub {
         let Some(i) = self.clients.iter().position(|c| c.token == token) else {
             return;
         };
-        if !self.clients[i].cut {
+        let client = &self.clients[i];
+        if client.input_done && peer_closed(&client.fd) {
+            return self.remove(i, io);
+        }
+        if !client.cut && !client.input_done {
             if let Err(reason) = self.take_input(i, io) {
                 return self.cut_off(i, io, reason);
             }
@@ -222,7 +230,15 @@ impl AttachHub {
                     if self.eof_closes_stdin && self.stdin.is_some() {
                         self.stdin_eof = true;
                     }
-                    return Err(None);
+                    if peer_closed(&client.fd) {
+                        return Err(None);
+                    }
+                    // Only its sending side is shut: it keeps getting output.
+                    client.input_done = true;
+                    if self.stdin_owner == Some(client.token) {
+                        self.stdin_owner = None;
+                    }
+                    return Ok(());
                 }
                 Ok(n) => {
                     if *self.stdin_owner.get_or_insert(client.token) != client.token {
@@ -331,6 +347,20 @@ impl AttachHub {
         while !self.clients.is_empty() {
             self.remove(0, io);
         }
+    }
+}
+
+/// The client closed its socket (both directions), as opposed to shutting down only
+/// its sending side.
+fn peer_closed(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => true,
     }
 }
 
