@@ -93,7 +93,11 @@ pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir,
 }
 
 /// [`spawn`], with a front's [`ShimHooks`].
-pub fn spawn_with(opts: LaunchOptions, extra: Option<ExtraFront>, hooks: ShimHooks) -> Result<StateDir, String> {
+pub fn spawn_with(
+    opts: LaunchOptions,
+    extra: Option<ExtraFront>,
+    hooks: ShimHooks,
+) -> Result<StateDir, String> {
     let dir = StateDir::new(opts.state_dir.clone());
     prepare_state_dir(&dir, &opts.id)?;
     let (ready_r, ready_w) =

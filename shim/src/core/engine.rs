@@ -94,6 +94,13 @@ impl Core {
         self.out.publish(EventBody::Started { pid });
     }
 
+    /// Attach clients still connected (with output queued for them, once the
+    /// output is over): the monitor lets them drain before it ends.
+    pub fn attach_clients_remain(&self) -> bool {
+        self.processes()
+            .any(|p| p.io.attach.as_ref().is_some_and(|h| h.has_clients()))
+    }
+
     pub(super) fn engine_deadline(&self) -> Option<Instant> {
         self.engine.as_ref().and_then(|m| m.next_poll)
     }

@@ -1,0 +1,237 @@
+//! The conmon front (`tether-conmon`): conmon 2.1.6's command line and files, so
+//! that Podman (and CRI-O) run containers on tether. The engine owns the lifecycle
+//! here: it runs `runtime start`, `kill`, `pause` and `delete` itself, so this front
+//! only has the core create the container (`runtime create`), tells the engine its
+//! pid over the sync pipe, and when the container's exit is out (its output all in
+//! the log and sent to attach clients) closes the fds it held for the engine, writes
+//! conmon's exit file (and `oom`), lets attach clients drain, and ends the loop; the
+//! launcher's hook then runs the engine's exit command and the process exits.
+//! docs/CONMON.md describes what is supported; the contract is
+//! shared/research/podman-conmon-contract.md.
+
+pub mod args;
+pub mod cli;
+mod ctl;
+mod files;
+
+use crate::core::{Answer, Call, Core, Output, Reply, Ticket};
+use crate::fronts::Front;
+use crate::reactor::{Io, Owner, Readiness};
+use mio::Token;
+use std::cell::Cell;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tether_protocol::{CreateParams, EventBody, ExitRecord, LogParams, ShutdownParams, INIT_PROCESS};
+
+/// How long attach clients may take to read what is queued for them once the
+/// container's output is over, before the monitor ends anyway.
+const ATTACH_DRAIN: Duration = Duration::from_secs(5);
+/// How often draining attach clients are looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// What the command line decided, for the front in the shim.
+pub struct Settings {
+    pub cid: String,
+    pub bundle: PathBuf,
+    /// `-p`: the runtime's pid file in conmon; here a copy of the pid.
+    pub container_pidfile: PathBuf,
+    pub exit_dir: Option<PathBuf>,
+    pub persist_dir: Option<PathBuf>,
+    pub log: LogParams,
+    /// `-i`: the container gets a stdin pipe, fed by attach clients.
+    pub stdin: bool,
+    /// Without `--api-version` the sync key is `pid` (CRI-O), else `data`.
+    pub api_version: bool,
+    /// Where the engine looks for the attach socket (`<bundle>/attach`).
+    pub attach_link: PathBuf,
+    /// The core's attach socket for init (the link points at it).
+    pub attach_socket: PathBuf,
+}
+
+enum Phase {
+    /// The create is to be issued (on the first turn of the loop).
+    Start,
+    Creating(Ticket),
+    Running,
+    /// The exit is written; attach clients read what is left until this deadline.
+    Draining(Instant),
+    Done,
+}
+
+pub struct Conmon {
+    s: Settings,
+    sync: Option<OwnedFd>,
+    /// Inherited fds held until the container exits (published ports' sockets...).
+    held: Vec<OwnedFd>,
+    ctl: Option<ctl::Ctl>,
+    phase: Phase,
+    /// The process's exit code so far (1 once a create failed), for the launcher.
+    outcome: Rc<Cell<i32>>,
+}
+
+impl Conmon {
+    pub fn new(
+        s: Settings,
+        sync: Option<OwnedFd>,
+        held: Vec<OwnedFd>,
+        outcome: Rc<Cell<i32>>,
+        owner: Owner,
+        io: &mut Io<'_>,
+    ) -> std::io::Result<Conmon> {
+        let ctl = ctl::Ctl::make(&s.bundle, owner, io)?;
+        Ok(Conmon {
+            s,
+            sync,
+            held,
+            ctl: Some(ctl),
+            phase: Phase::Start,
+            outcome,
+        })
+    }
+
+    fn create(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        let params = CreateParams {
+            stdin: (!self.s.stdin).then(|| "/dev/null".to_string()),
+            log: Some(self.s.log.clone()),
+            attach: true,
+            ..Default::default()
+        };
+        match core.call(Call::Create(params), io) {
+            Reply::Later(d) => {
+                self.phase = Phase::Creating(d.ticket());
+                if self.s.attach_link != self.s.attach_socket {
+                    let _ = std::fs::remove_file(&self.s.attach_link);
+                    if let Err(e) = std::os::unix::fs::symlink(&self.s.attach_socket, &self.s.attach_link) {
+                        crate::log!("cannot link {}: {e}", self.s.attach_link.display());
+                    }
+                }
+            }
+            Reply::Now(Err(e)) => self.create_failed(&e.message, core, io),
+            Reply::Now(Ok(_)) => self.create_failed("create answered without a pid", core, io),
+        }
+    }
+
+    fn created(&mut self, pid: i32) {
+        crate::log!("container {} created, pid {pid}", self.s.cid);
+        if let Err(e) = crate::state_dir::write_atomic(&self.s.container_pidfile, pid.to_string().as_bytes())
+        {
+            crate::log!("cannot write {}: {e}", self.s.container_pidfile.display());
+        }
+        self.send_sync(pid, None);
+        self.phase = Phase::Running;
+    }
+
+    fn create_failed(&mut self, message: &str, core: &mut Core, io: &mut Io<'_>) {
+        crate::log!("create failed: {message}");
+        self.send_sync(-1, Some(message));
+        self.outcome.set(1);
+        let _ = std::fs::remove_file(&self.s.attach_link);
+        self.held.clear();
+        self.finish(core, io);
+    }
+
+    fn send_sync(&mut self, data: i32, message: Option<&str>) {
+        let key = if self.s.api_version { "data" } else { "pid" };
+        if let Some(fd) = &self.sync {
+            if let Err(e) = files::sync_message(fd, key, data, message) {
+                crate::log!("cannot write to the sync pipe: {e}");
+            }
+        }
+        // One message per create; the engine closes its end after reading it.
+        self.sync = None;
+    }
+
+    /// Init's exit is out: conmon's order (fds, oom, exit files), then attach drains.
+    fn exited(&mut self, record: &ExitRecord) {
+        // Published ports must be free before the engine sees the exit (restart).
+        self.held.clear();
+        let status = record.status.unwrap_or(-1);
+        crate::log!("container {} exited with {status}", self.s.cid);
+        if record.oom_killed {
+            let mut dirs = vec![self.s.bundle.clone()];
+            dirs.extend(self.s.persist_dir.clone());
+            for dir in dirs {
+                if let Err(e) = std::fs::write(dir.join("oom"), b"") {
+                    crate::log!("cannot write {}/oom: {e}", dir.display());
+                }
+            }
+        }
+        let text = status.to_string();
+        if let Some(dir) = &self.s.persist_dir {
+            files::write_or_log(&dir.join("exit"), &text);
+        }
+        if let Some(dir) = &self.s.exit_dir {
+            files::write_or_log(&dir.join(&self.s.cid), &text);
+        }
+        let _ = std::fs::remove_file(&self.s.attach_link);
+        self.phase = Phase::Draining(Instant::now() + ATTACH_DRAIN);
+    }
+
+    /// Ends the loop; the launcher's hook runs the exit command.
+    fn finish(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        self.phase = Phase::Done;
+        if let Some(ctl) = self.ctl.take() {
+            ctl.close(io);
+        }
+        if let Reply::Now(Err(e)) = core.call(Call::Shutdown(ShutdownParams { force: true }), io) {
+            crate::log!("cannot shut down: {e}");
+        }
+    }
+}
+
+impl Front for Conmon {
+    fn on_ready(&mut self, token: Token, _ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
+        if let Some(ctl) = self.ctl.as_mut().filter(|c| c.owns(token)) {
+            ctl.on_ready(core, io);
+        }
+    }
+
+    fn deliver(&mut self, outputs: &[Output], core: &mut Core, io: &mut Io<'_>) {
+        for output in outputs {
+            match output {
+                Output::Reply(ticket, result) => {
+                    if !matches!(self.phase, Phase::Creating(t) if t == *ticket) {
+                        continue;
+                    }
+                    match result.as_ref() {
+                        Ok(Answer::Created(r)) => self.created(r.pid),
+                        Ok(_) => self.create_failed("create answered without a pid", core, io),
+                        Err(e) => self.create_failed(&e.message, core, io),
+                    }
+                }
+                Output::Event(event, _) => {
+                    if let EventBody::Exit(record) = &event.body {
+                        if record.process == INIT_PROCESS && matches!(self.phase, Phase::Running) {
+                            self.exited(record);
+                        }
+                    }
+                }
+                Output::Exit { .. } => {}
+            }
+        }
+    }
+
+    fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        match self.phase {
+            Phase::Start => self.create(core, io),
+            Phase::Draining(deadline) if !core.attach_clients_remain() || Instant::now() >= deadline => {
+                self.finish(core, io);
+            }
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Start => Some(Instant::now()),
+            Phase::Draining(deadline) => Some((Instant::now() + DRAIN_POLL).min(deadline)),
+            _ => None,
+        }
+    }
+
+    fn is_flushed(&self) -> bool {
+        true
+    }
+}
