@@ -1,0 +1,535 @@
+//! tether-conmon under the real podman (Debian's 4.3.1), each scenario run twice in
+//! the same test: through tether-conmon and through the stock conmon (2.1.6) as the
+//! reference, each with a private podman root, runroot, tmpdir and containers.conf
+//! (`conmon_path`, so podman's cleanup process uses the same monitor), and a busybox
+//! image imported from a local rootfs (no network). docs/CONMON.md.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tether_tests::{binary, pid_gone, shared_rootfs, unique_id, wait_until};
+
+const STOCK_CONMON: &str = "/usr/bin/conmon";
+/// The VM lacks CAP_SYS_RESOURCE: podman's default rlimits cannot be set.
+const ULIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"];
+const IMAGE: &str = "localhost/busybox";
+
+fn require_podman() {
+    assert!(
+        nix_is_root(),
+        "the podman tests need root (podman with cgroupfs, runc)"
+    );
+    for bin in ["/usr/bin/podman", STOCK_CONMON, "/usr/bin/runc"] {
+        assert!(
+            Path::new(bin).exists() || (bin == "/usr/bin/runc" && Path::new("/usr/sbin/runc").exists()),
+            "{bin} is missing: run scripts/setup (it installs podman and conmon)"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// One private podman (its own storage, run dir, tmpdir, containers.conf) using the
+/// monitor at `conmon`.
+struct Podman {
+    dir: PathBuf,
+    conmon: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Podman {
+    fn new(label: &str, conmon: &Path) -> Podman {
+        let dir = std::env::temp_dir().join(unique_id(&format!("tp-{label}")));
+        fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            "[engine]\nconmon_path = [\"{}\"]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n",
+            conmon.display()
+        );
+        fs::write(dir.join("containers.conf"), conf).unwrap();
+        let p = Podman {
+            dir,
+            conmon: conmon.to_path_buf(),
+        };
+        // The image, from the shared busybox rootfs.
+        let mut tar = Command::new("tar")
+            .args(["-C"])
+            .arg(shared_rootfs())
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = p
+            .command(&["import", "-", IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+        assert!(
+            out.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let d = &self.dir;
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                "runc",
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        ran(self.command(args).output().unwrap())
+    }
+
+    fn run_input(&self, args: &[&str], input: &[u8]) -> Ran {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        ran(child.wait_with_output().unwrap())
+    }
+
+    /// `podman run ULIMITS ARGS...` (ARGS: options, the image, the command).
+    fn run_ctr(&self, opts: &[&str], cmd: &[&str]) -> Ran {
+        let mut args = vec!["run"];
+        args.extend(ULIMITS);
+        args.extend(opts);
+        args.push(IMAGE);
+        args.extend(cmd);
+        self.run(&args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "podman {args:?} ({}): {r:?}", self.conmon.display());
+        r.stdout
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", name, "--format", format]).trim().to_string()
+    }
+
+    fn bundle(&self, name: &str) -> PathBuf {
+        let id = self.inspect(name, "{{.Id}}");
+        self.dir.join("root/overlay-containers").join(id).join("userdata")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.command(&["rm", "-af", "-t", "0"]).output();
+        // containers/storage mounts its overlay home privately on itself.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.join("root/overlay"))
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ran(out: Output) -> Ran {
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn tether_conmon() -> PathBuf {
+    binary("tether-conmon")
+}
+
+/// The pair every scenario runs on: (tether-conmon, stock conmon).
+fn pair(label: &str) -> (Podman, Podman) {
+    require_podman();
+    (
+        Podman::new(&format!("{label}-t"), &tether_conmon()),
+        Podman::new(&format!("{label}-c"), Path::new(STOCK_CONMON)),
+    )
+}
+
+/// The messages of a k8s-file log, records joined (P records without a newline).
+fn log_text(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_ts, stream, tag, msg) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next().unwrap_or(""),
+        );
+        assert!(
+            matches!(stream, Some("stdout") | Some("stderr")),
+            "bad record {line:?}"
+        );
+        out.push_str(msg);
+        if tag == Some("F") {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn podman_info_names_tether_conmon() {
+    let (t, c) = pair("info");
+    let path = t.ok(&["info", "--format", "{{.Host.Conmon.Path}}"]);
+    assert_eq!(
+        path.trim(),
+        tether_conmon().display().to_string(),
+        "podman fell back to another conmon"
+    );
+    let version = t.ok(&["info", "--format", "{{.Host.Conmon.Version}}"]);
+    assert!(
+        version.starts_with("conmon version 2.1.6, commit: tether-conmon"),
+        "{version}"
+    );
+    assert_eq!(
+        c.ok(&["info", "--format", "{{.Host.Conmon.Path}}"]).trim(),
+        STOCK_CONMON
+    );
+}
+
+#[test]
+fn foreground_runs_match_conmon() {
+    let (t, c) = pair("fg");
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["--rm"], vec!["echo", "hi"]),
+        (
+            vec!["--rm"],
+            vec!["sh", "-c", "echo out; sleep 0.3; echo err >&2; exit 3"],
+        ),
+        // The runtime fails: its message reaches podman as conmon's does (rc 127).
+        (vec!["--rm"], vec!["/nonexistent"]),
+        (
+            vec!["--rm", "--log-driver", "none"],
+            vec!["sh", "-c", "echo unlogged"],
+        ),
+        (vec![], vec!["sh", "-c", "echo kept; exit 5"]),
+    ];
+    for (opts, cmd) in &cases {
+        let a = t.run_ctr(opts, cmd);
+        let b = c.run_ctr(opts, cmd);
+        assert_eq!(
+            a, b,
+            "podman run {opts:?} {cmd:?}: tether-conmon (left) vs conmon (right)"
+        );
+    }
+    assert_eq!(t.run_ctr(&["--rm"], &["echo", "hi"]).stdout, "hi\n");
+    // stdin through attach (-i): EOF on podman's side closes the container's stdin.
+    let input = b"line one\nline two\n";
+    let a = t.run_input(
+        &[
+            "run", "-i", "--rm", ULIMITS[0], ULIMITS[1], ULIMITS[2], ULIMITS[3], IMAGE, "cat",
+        ],
+        input,
+    );
+    let b = c.run_input(
+        &[
+            "run", "-i", "--rm", ULIMITS[0], ULIMITS[1], ULIMITS[2], ULIMITS[3], IMAGE, "cat",
+        ],
+        input,
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.stdout.as_bytes(), input);
+    // The kept container: same state, same log.
+    for p in [&t, &c] {
+        let ids = p.ok(&["ps", "-aq"]);
+        assert_eq!(
+            ids.lines().count(),
+            1,
+            "only the container run without --rm is left"
+        );
+    }
+    let state = |p: &Podman| {
+        let id = p.ok(&["ps", "-aq"]).trim().to_string();
+        (
+            p.inspect(&id, "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}"),
+            p.ok(&["logs", &id]),
+        )
+    };
+    assert_eq!(state(&t), state(&c));
+    assert_eq!(state(&t).0, "exited 5 false");
+}
+
+#[test]
+fn detached_lifecycle_matches_conmon() {
+    let (t, c) = pair("life");
+    let script =
+        "echo started; echo to-stderr >&2; trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done";
+    let steps = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "--name", "c1"], &["sh", "-c", script]);
+        assert_eq!(r.code, 0, "{r:?}");
+        wait_until(Duration::from_secs(30), "the first log line", || {
+            p.ok(&["logs", "c1"]).contains("started")
+        });
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["pause", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["unpause", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["stop", "-t", "10", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}} {{.State.ExitCode}}"));
+        p.ok(&["start", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        // podman restart SIGKILLs the old monitor once the container has stopped.
+        let monitor = p.inspect("c1", "{{.State.ConmonPid}}");
+        p.ok(&["restart", "-t", "10", "c1"]);
+        let again = p.inspect("c1", "{{.State.ConmonPid}}");
+        seen.push(format!("new monitor {}", monitor != again));
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["kill", "c1"]);
+        seen.push(p.ok(&["wait", "c1"]).trim().to_string());
+        seen.push(p.inspect("c1", "{{.State.Status}} {{.State.ExitCode}}"));
+        // The monitor is gone once the container is.
+        let pid: i32 = again.parse().unwrap();
+        wait_until(Duration::from_secs(30), "the monitor to exit", || pid_gone(pid));
+        let logs = p.run(&["logs", "c1"]);
+        seen.push(format!("stdout {:?} stderr {:?}", logs.stdout, logs.stderr));
+        p.ok(&["rm", "c1"]);
+        seen.push(p.ok(&["ps", "-aq"]));
+        seen
+    };
+    let a = steps(&t);
+    let b = steps(&c);
+    assert_eq!(a, b, "tether-conmon (left) vs conmon (right)");
+    assert_eq!(a[0..4], ["running", "paused", "running", "exited 7"]);
+}
+
+#[test]
+fn attach_to_a_detached_container_matches_conmon() {
+    let (t, c) = pair("attach");
+    let go = |p: &Podman| {
+        let r = p.run_ctr(
+            &["-d", "--name", "a1"],
+            &["sh", "-c", "sleep 2; echo late; echo late-err >&2; exit 3"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        let monitor: i32 = p.inspect("a1", "{{.State.ConmonPid}}").parse().unwrap();
+        let a = p.run(&["attach", "--no-stdin", "a1"]);
+        // The monitor ends once the exit command (podman's cleanup) is done.
+        wait_until(Duration::from_secs(60), "the monitor to exit", || pid_gone(monitor));
+        let state = p.inspect("a1", "{{.State.Status}} {{.State.ExitCode}}");
+        (a, state)
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c));
+    assert_eq!(a.0.stdout.trim_end(), "late");
+    assert_eq!(a.1, "exited 3");
+}
+
+#[test]
+fn oom_kill_is_reported() {
+    let (t, c) = pair("oom");
+    let hog = ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"];
+    let opts = ["--name", "o1", "--memory", "20m", "--memory-swap", "20m"];
+    let a = t.run_ctr(&opts, &hog);
+    let b = c.run_ctr(&opts, &hog);
+    assert_eq!((a.code, b.code), (137, 137));
+    // conmon 2.1.6 under podman 4.3.1 writes `oom` into the caller's cwd, where podman
+    // does not look (OOMKilled false); tether-conmon writes it into the bundle.
+    assert_eq!(t.inspect("o1", "{{.State.OOMKilled}}"), "true");
+    assert_eq!(c.inspect("o1", "{{.State.ExitCode}}"), "137");
+    let _ = fs::remove_file("oom");
+}
+
+#[test]
+fn log_size_max_rotates_without_loss() {
+    let (t, c) = pair("logs");
+    // about 35 kB of log records at max-size=10k: tether rotates (ctr.log, .1 ... .4: 5 files
+    // of 10 kB hold it all); conmon truncates and keeps only the last part.
+    let script = "i=0; while [ $i -lt 700 ]; do echo line-$i; i=$((i+1)); done";
+    let expected: String = (0..700).map(|i| format!("line-{i}\n")).collect();
+    for p in [&t, &c] {
+        let r = p.run_ctr(
+            &["--name", "l1", "--log-opt", "max-size=10k"],
+            &["sh", "-c", script],
+        );
+        assert_eq!(r.code, 0);
+        assert_eq!(r.stdout, expected, "attach output is whole either way");
+    }
+    let bundle = t.bundle("l1");
+    let mut all = String::new();
+    for n in (1..5).rev() {
+        all.push_str(&log_text(&bundle.join(format!("ctr.log.{n}"))));
+    }
+    all.push_str(&log_text(&bundle.join("ctr.log")));
+    assert_eq!(all.len(), expected.len());
+    assert!(
+        all == expected,
+        "the rotated logs do not hold every line in order"
+    );
+    let theirs = log_text(&c.bundle("l1").join("ctr.log"));
+    assert!(
+        theirs.len() < expected.len() / 2,
+        "conmon kept {} bytes",
+        theirs.len()
+    );
+    // podman logs reads the live file in both cases: the last lines are there.
+    assert!(t.ok(&["logs", "l1"]).ends_with("line-699\n"));
+}
+
+#[test]
+fn exit_while_podman_is_not_running_is_cleaned_up() {
+    let (t, c) = pair("bg");
+    for p in [&t, &c] {
+        let r = p.run_ctr(&["-d", "--rm", "--name", "b1"], &["sh", "-c", "sleep 1; exit 4"]);
+        assert_eq!(r.code, 0);
+        // No podman runs meanwhile: the monitor's exit command removes it.
+        wait_until(
+            Duration::from_secs(60),
+            "the exit command to remove the container",
+            || p.ok(&["ps", "-aq"]).trim().is_empty(),
+        );
+    }
+}
+
+#[test]
+fn tetherctl_serves_a_podman_container() {
+    let (t, _c) = pair("ctl");
+    let r = t.run_ctr(&["-d", "--name", "s1"], &["sleep", "100"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = t.inspect("s1", "{{.Id}}");
+    let socket = t
+        .dir
+        .join("runroot/overlay-containers")
+        .join(&id)
+        .join("userdata/tether/shim.sock");
+    let out = Command::new(binary("tetherctl"))
+        .arg("-s")
+        .arg(&socket)
+        .arg("state")
+        .output()
+        .unwrap();
+    let state = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tetherctl state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state.contains("\"status\": \"running\""), "{state}");
+    // The engine owns the lifecycle: tether refuses to delete behind its back.
+    let out = Command::new(binary("tetherctl"))
+        .arg("-s")
+        .arg(&socket)
+        .arg("delete")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the engine owns the lifecycle"));
+    t.ok(&["rm", "-f", "-t", "0", "s1"]);
+}
+
+/// conmon's command line run directly, with the sync and start pipes a test makes.
+fn direct(conmon: &Path, args: &[&str]) -> (i32, String) {
+    use std::os::unix::net::UnixDatagram;
+    let script = "import socket,os,sys,subprocess\n\
+s,sc=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n\
+t,tc=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n\
+def pre():\n  os.dup2(sc.fileno(),3); os.dup2(tc.fileno(),4)\n\
+env=dict(os.environ,_OCI_SYNCPIPE='3',_OCI_STARTPIPE='4')\n\
+p=subprocess.Popen(sys.argv[1:],preexec_fn=pre,pass_fds=(3,4),env=env,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)\n\
+sc.close(); tc.close(); t.send(b'\\0'); rc=p.wait(); s.settimeout(10)\n\
+try:\n  m=s.recv(8192)\nexcept Exception:\n  m=b''\n\
+print(rc); print(m.decode())\n";
+    let _ = UnixDatagram::unbound();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(conmon)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let rc = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(-99);
+    (rc, lines.collect::<Vec<_>>().join("\n"))
+}
+
+#[test]
+fn bad_input_is_refused_as_conmon_refuses_it() {
+    require_podman();
+    let tc = tether_conmon();
+    let stock = Path::new(STOCK_CONMON);
+    // An unknown flag: exit 1 before anything is done, no pid on the sync pipe.
+    for bin in [tc.as_path(), stock] {
+        let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", bin.display());
+    }
+    let out = Command::new(&tc).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("conmon version 2.1.6\ncommit: "));
+    // A bundle that does not exist: neither reports a pid.
+    let dir = std::env::temp_dir().join(unique_id("tp-bad"));
+    fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pidfile").display().to_string();
+    let args = [
+        "--api-version",
+        "-c",
+        "tp-bad",
+        "-u",
+        "tp-bad",
+        "-r",
+        "/usr/sbin/runc",
+        "-b",
+        "/nonexistent-bundle",
+        "-p",
+        &pidfile,
+        "-l",
+        "none",
+    ];
+    let (_, msg_t) = direct(&tc, &args);
+    let (_, msg_c) = direct(stock, &args);
+    assert!(
+        !msg_t.contains("\"data\": ") || msg_t.contains("\"data\": -1"),
+        "{msg_t}"
+    );
+    assert!(
+        !msg_c.contains("\"data\": ") || msg_c.contains("\"data\": -1"),
+        "{msg_c}"
+    );
+    assert!(
+        msg_t.contains("/nonexistent-bundle"),
+        "the sync message names the bundle: {msg_t}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
