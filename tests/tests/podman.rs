@@ -324,10 +324,12 @@ fn detached_lifecycle_matches_conmon() {
         // The monitor is gone once the container is.
         let pid: i32 = again.parse().unwrap();
         wait_until(Duration::from_secs(30), "the monitor to exit", || pid_gone(pid));
+        let id = p.inspect("c1", "{{.Id}}");
         let logs = p.run(&["logs", "c1"]);
         seen.push(format!("stdout {:?} stderr {:?}", logs.stdout, logs.stderr));
         p.ok(&["rm", "c1"]);
         seen.push(p.ok(&["ps", "-aq"]));
+        assert_nothing_left(&id);
         seen
     };
     let a = steps(&t);
@@ -348,7 +350,9 @@ fn attach_to_a_detached_container_matches_conmon() {
         let monitor: i32 = p.inspect("a1", "{{.State.ConmonPid}}").parse().unwrap();
         let a = p.run(&["attach", "--no-stdin", "a1"]);
         // The monitor ends once the exit command (podman's cleanup) is done.
-        wait_until(Duration::from_secs(60), "the monitor to exit", || pid_gone(monitor));
+        wait_until(Duration::from_secs(60), "the monitor to exit", || {
+            pid_gone(monitor)
+        });
         let state = p.inspect("a1", "{{.State.Status}} {{.State.ExitCode}}");
         (a, state)
     };
@@ -460,30 +464,61 @@ fn tetherctl_serves_a_podman_container() {
     t.ok(&["rm", "-f", "-t", "0", "s1"]);
 }
 
-/// conmon's command line run directly, with the sync and start pipes a test makes.
+/// After `podman rm`: no process, mount or runc state of container `id` is left.
+fn assert_nothing_left(id: &str) {
+    let runc = Command::new("runc").arg("list").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&runc.stdout).contains(id),
+        "runc still has {id}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(id), "a mount of {id} is left");
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let pid: i32 = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if String::from_utf8_lossy(&cmdline).contains(id) && !pid_gone(pid) {
+            panic!(
+                "process {pid} of {id} is left: {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+    }
+}
+
+/// conmon's command line run directly, with the sync and start pipes a test makes:
+/// its exit code and what it wrote on the sync pipe.
 fn direct(conmon: &Path, args: &[&str]) -> (i32, String) {
-    use std::os::unix::net::UnixDatagram;
-    let script = "import socket,os,sys,subprocess\n\
-s,sc=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n\
-t,tc=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n\
-def pre():\n  os.dup2(sc.fileno(),3); os.dup2(tc.fileno(),4)\n\
-env=dict(os.environ,_OCI_SYNCPIPE='3',_OCI_STARTPIPE='4')\n\
-p=subprocess.Popen(sys.argv[1:],preexec_fn=pre,pass_fds=(3,4),env=env,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)\n\
-sc.close(); tc.close(); t.send(b'\\0'); rc=p.wait(); s.settimeout(10)\n\
-try:\n  m=s.recv(8192)\nexcept Exception:\n  m=b''\n\
-print(rc); print(m.decode())\n";
-    let _ = UnixDatagram::unbound();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(conmon)
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (mut sync, sync_child) = UnixStream::pair().unwrap();
+    let (mut start, start_child) = UnixStream::pair().unwrap();
+    for fd in [&sync_child, &start_child] {
+        // The child must inherit them (std makes them close-on-exec).
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    }
+    let mut child = Command::new(conmon)
         .args(args)
-        .output()
+        .env("_OCI_SYNCPIPE", sync_child.as_raw_fd().to_string())
+        .env("_OCI_STARTPIPE", start_child.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines();
-    let rc = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(-99);
-    (rc, lines.collect::<Vec<_>>().join("\n"))
+    drop((sync_child, start_child));
+    let _ = start.write_all(&[0]);
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    sync.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut message = String::new();
+    let _ = sync.read_to_string(&mut message);
+    (code, message)
 }
 
 #[test]
