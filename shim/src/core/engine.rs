@@ -18,6 +18,9 @@ pub const START_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct EngineMode {
+    /// One exec session in a container another monitor watches (conmon's `-e`):
+    /// there is no init here, and the exec needs none.
+    exec_session: bool,
     /// Init's executable when `runtime create` returned (the runtime's own).
     created_exe: Option<PathBuf>,
     next_poll: Option<Instant>,
@@ -31,6 +34,32 @@ impl Core {
 
     pub fn engine_owns_lifecycle(&self) -> bool {
         self.engine.is_some()
+    }
+
+    /// The engine owns the lifecycle and this core runs one exec session of a
+    /// container another monitor watches.
+    pub fn set_engine_exec_session(&mut self) {
+        self.engine = Some(EngineMode {
+            exec_session: true,
+            ..Default::default()
+        });
+    }
+
+    pub(super) fn engine_exec_session(&self) -> bool {
+        self.engine.as_ref().is_some_and(|m| m.exec_session)
+    }
+
+    /// Process `name`'s attach follows conmon's stdin rule (from its launch on:
+    /// input may come and end before the runtime call returns).
+    pub fn engine_launched(&mut self, name: &str) {
+        if self.engine.is_none() {
+            return;
+        }
+        if let Ok(proc) = self.process_mut(Some(name)) {
+            if let Some(hub) = proc.io.attach.as_mut() {
+                hub.set_eof_closes_stdin(true);
+            }
+        }
     }
 
     /// Calls the engine makes through the runtime itself are refused here.
@@ -64,9 +93,7 @@ impl Core {
         };
         mode.created_exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         mode.next_poll = Some(Instant::now() + START_POLL);
-        if let Some(hub) = self.init.as_mut().and_then(|i| i.io.attach.as_mut()) {
-            hub.set_eof_closes_stdin(true);
-        }
+        self.engine_launched(tether_protocol::INIT_PROCESS);
     }
 
     /// Publishes `started` if the engine has started init since last time.
