@@ -289,6 +289,8 @@ fn foreground_runs_match_conmon() {
     };
     assert_eq!(state(&t), state(&c));
     assert_eq!(state(&t).0, "exited 5 false");
+    t.ok(&["rm", "-a"]);
+    assert_no_monitor_left(&t);
 }
 
 #[test]
@@ -464,6 +466,24 @@ fn tetherctl_serves_a_podman_container() {
     t.ok(&["rm", "-f", "-t", "0", "s1"]);
 }
 
+/// Every monitor this podman started has ended (a failed create's too), once its
+/// containers are gone.
+fn assert_no_monitor_left(p: &Podman) {
+    let root = p.dir.display().to_string();
+    wait_until(Duration::from_secs(30), "the monitors to exit", || {
+        fs::read_dir("/proc").unwrap().flatten().all(|entry| {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let pid: i32 = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            !(cmdline.contains("conmon") && cmdline.contains(&root)) || pid_gone(pid)
+        })
+    });
+}
+
 /// After `podman rm`: no process, mount or runc state of container `id` is left.
 fn assert_nothing_left(id: &str) {
     let runc = Command::new("runc").arg("list").output().unwrap();
@@ -567,4 +587,73 @@ fn bad_input_is_refused_as_conmon_refuses_it() {
         "the sync message names the bundle: {msg_t}"
     );
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exec_sessions_match_conmon() {
+    let (t, c) = pair("exec");
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "--name", "x1"], &["sleep", "1000"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let r = p.run(&[
+            "exec",
+            "x1",
+            "sh",
+            "-c",
+            "echo from-exec; sleep 0.2; echo exec-err >&2; exit 7",
+        ]);
+        seen.push(format!("{r:?}"));
+        let r = p.run_input(&["exec", "-i", "x1", "cat"], b"piped in\n");
+        seen.push(format!("{r:?}"));
+        let r = p.run(&["exec", "-d", "x1", "sh", "-c", "echo detached > /tmp/d"]);
+        seen.push(format!("exec -d {}", r.code));
+        wait_until(Duration::from_secs(30), "the detached exec", || {
+            p.run(&["exec", "x1", "cat", "/tmp/d"]).stdout == "detached\n"
+        });
+        // The container is untouched by its exec sessions.
+        seen.push(p.inspect("x1", "{{.State.Status}}"));
+        p.ok(&["rm", "-f", "-t", "0", "x1"]);
+        let r = p.run_ctr(
+            &[
+                "-d",
+                "--name",
+                "h1",
+                "--health-cmd",
+                "echo ok",
+                "--health-interval",
+                "1h",
+            ],
+            &["sleep", "1000"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        seen.push(format!(
+            "healthcheck {}",
+            p.run(&["healthcheck", "run", "h1"]).code
+        ));
+        let r = p.run_ctr(
+            &[
+                "-d",
+                "--name",
+                "h2",
+                "--health-cmd",
+                "exit 1",
+                "--health-interval",
+                "1h",
+            ],
+            &["sleep", "1000"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        seen.push(format!(
+            "failing healthcheck {}",
+            p.run(&["healthcheck", "run", "h2"]).code
+        ));
+        p.ok(&["rm", "-f", "-t", "0", "h1", "h2"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_no_monitor_left(&t);
+    assert!(a[0].contains("code: 7") && a[0].contains("from-exec\\n") && a[0].contains("exec-err\\n"));
+    assert!(a[1].contains("code: 0") && a[1].contains("piped in\\n"));
 }

@@ -25,7 +25,15 @@ use std::rc::Rc;
 /// switches features on at 2.0.19 and 2.1.2).
 pub const CONMON_VERSION: &str = "2.1.6";
 
+/// In the runtime call of an exec session: the start pipe to wait on, and the
+/// runtime to exec then (see [`gate`]).
+const GATE_FD: &str = "TETHER_CONMON_GATE_FD";
+const GATE_RUNTIME: &str = "TETHER_CONMON_GATE_RUNTIME";
+
 pub fn main() -> i32 {
+    if std::env::var_os(GATE_FD).is_some() {
+        return gate();
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = match args::parse(&argv) {
         Ok(a) => a,
@@ -61,6 +69,37 @@ pub fn main() -> i32 {
     }
 }
 
+/// An exec session's runtime call: conmon's runtime child waits for podman's second
+/// start byte (podman is attached by then) before it runs `runtime exec`, so no
+/// output is missed. Here the core's runtime call is this binary with the gate in
+/// its environment: it waits for the byte, then becomes the runtime.
+fn gate() -> i32 {
+    use std::os::unix::process::CommandExt;
+    let fd: Option<RawFd> = std::env::var(GATE_FD).ok().and_then(|v| v.parse().ok());
+    let runtime = std::env::var_os(GATE_RUNTIME).unwrap_or_default();
+    if let Some(start) = fd.and_then(crate::sys::own_inherited_fd) {
+        let mut byte = [0u8; 1];
+        let _ = nix::unistd::read(start.as_raw_fd(), &mut byte);
+    }
+    let err = Command::new(&runtime)
+        .args(std::env::args_os().skip(1))
+        .env_remove(GATE_FD)
+        .env_remove(GATE_RUNTIME)
+        .exec();
+    eprintln!(
+        "tether-conmon: cannot run the runtime {}: {err}",
+        runtime.to_string_lossy()
+    );
+    127
+}
+
+/// The start pipe: close-on-exec, except for an exec session, whose runtime call
+/// reads the second byte from it.
+fn inherited_start_pipe() -> Option<OwnedFd> {
+    let fd: RawFd = std::env::var("_OCI_STARTPIPE").ok()?.trim().parse().ok()?;
+    crate::sys::own_inherited_fd(fd)
+}
+
 /// The fd an `_OCI_*` variable names, owned (close-on-exec: the runtime must not
 /// hold it).
 fn inherited_pipe(var: &str) -> Option<OwnedFd> {
@@ -93,9 +132,17 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
     let bundle = bundle
         .canonicalize()
         .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    if !bundle.join("config.json").is_file() {
+    if !a.exec && !bundle.join("config.json").is_file() {
         return Err(format!("bundle {}: no config.json in it", bundle.display()));
     }
+    let exec_spec = match (a.exec, &a.exec_process_spec) {
+        (false, _) => None,
+        (true, None) => return Err("Exec process spec path not provided. Use --exec-process-spec".into()),
+        (true, Some(_)) if !a.exec_attach || !a.api_version => {
+            return Err("exec without --exec-attach and --api-version (CRI-O's exec sync) is not supported by tether-conmon yet".into())
+        }
+        (true, Some(spec)) => Some(absolute(&cwd, spec)),
+    };
     let log_path = match a.log()? {
         LogTarget::K8sFile(p) => absolute(&cwd, &p),
         LogTarget::None => PathBuf::from("/dev/null"),
@@ -112,12 +159,21 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
 
     // The engine moves this process into the container's cgroup, then writes one
     // byte: nothing may be forked before it.
-    if let Some(start) = inherited_pipe("_OCI_STARTPIPE") {
+    let start = inherited_start_pipe();
+    if let Some(start) = &start {
         let mut byte = [0u8; 1];
         let _ = nix::unistd::read(start.as_raw_fd(), &mut byte);
     }
+    // Only an exec session's runtime call reads from it again.
+    let start = start.filter(|_| exec_spec.is_some());
+    let attach_pipe = if exec_spec.is_some() {
+        inherited_pipe("_OCI_ATTACHPIPE")
+    } else {
+        None
+    };
     // (The sync pipe's dup is made after: it must not be taken for an inherited fd.)
-    let held = hold_inherited_fds(sync.map(|s| s.as_raw_fd()));
+    let pipes = [&start, &attach_pipe].map(|p| p.as_ref().map(|fd| fd.as_raw_fd()));
+    let held = hold_inherited_fds(&[sync.map(|s| s.as_raw_fd()), pipes[0], pipes[1]]);
     let sync_dup = match sync {
         Some(fd) => Some(fd.try_clone().map_err(|e| format!("dup of the sync pipe: {e}"))?),
         None => None,
@@ -128,6 +184,30 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&state);
     }
     let dir = StateDir::new(state.clone());
+    let mut runtime_path = runtime;
+    let exec = match exec_spec {
+        Some(spec) => {
+            let id = a.cuuid.clone().unwrap_or_default();
+            state_dir::validate_id("exec session id (--cuuid)", &id)?;
+            // The runtime call waits for the second start byte (see `gate`).
+            let me = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+            if let Some(fd) = &start {
+                std::env::set_var(GATE_FD, fd.as_raw_fd().to_string());
+                std::env::set_var(GATE_RUNTIME, &runtime_path);
+                runtime_path = me.display().to_string();
+            }
+            Some(super::ExecSession {
+                id,
+                spec,
+                attach_pipe,
+                start_pipe: start,
+            })
+        }
+        None => None,
+    };
+    let process_name = exec
+        .as_ref()
+        .map_or(tether_protocol::INIT_PROCESS.to_string(), |e| e.id.clone());
     let settings = Settings {
         cid: cid.clone(),
         bundle: bundle.clone(),
@@ -143,23 +223,29 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         stdin: a.stdin,
         api_version: a.api_version,
         attach_link: bundle.join("attach"),
-        attach_socket: dir.attach_socket(tether_protocol::INIT_PROCESS),
+        attach_socket: dir.attach_socket(&process_name),
+        exec,
     };
     let opts = LaunchOptions {
         id: cid,
         bundle,
         state_dir: state,
         runtime: Runtime {
-            path: runtime,
+            path: runtime_path,
             root: None,
             systemd_cgroup: a.systemd_cgroup,
             extra_args: a.runtime_args.clone(),
         },
     };
+    let exec_session = settings.exec.is_some();
     let outcome = Rc::new(Cell::new(0));
     let front_outcome = outcome.clone();
     let extra: launch::ExtraFront = Box::new(move |reactor| {
-        reactor.core_mut().set_engine_owns_lifecycle();
+        if exec_session {
+            reactor.core_mut().set_engine_exec_session();
+        } else {
+            reactor.core_mut().set_engine_owns_lifecycle();
+        }
         reactor
             .add_front(|owner, io| Conmon::new(settings, sync_dup, held, front_outcome, owner, io))
             .map_err(|e| format!("cannot make the ctl and winsz FIFOs: {e}"))
@@ -193,7 +279,6 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
 /// half done.
 fn unsupported(a: &Args) -> Result<(), String> {
     let refused = [
-        (a.exec, "exec sessions (-e, --exec)"),
         (a.restore.is_some(), "--restore"),
         (a.timeout.is_some(), "--timeout"),
         (a.sync, "--sync"),
@@ -222,11 +307,11 @@ fn absolute(cwd: &Path, p: &str) -> PathBuf {
 
 /// Every fd above stderr this process inherited but the sync pipe: held until the
 /// container exits (close-on-exec, so the runtime and exit command never get them).
-fn hold_inherited_fds(sync: Option<RawFd>) -> Vec<OwnedFd> {
+fn hold_inherited_fds(pipes: &[Option<RawFd>]) -> Vec<OwnedFd> {
     let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd > 2 && Some(*fd) != sync)
+            .filter(|fd| *fd > 2 && !pipes.contains(&Some(*fd)))
             .collect(),
         Err(_) => return Vec::new(),
     };
@@ -247,6 +332,8 @@ fn run_exit_command(cmd: &str, args: &[String], delay: u64) -> Option<i32> {
     crate::log!("running the exit command {cmd} {}", args.join(" "));
     match Command::new(cmd)
         .args(args)
+        .env_remove(GATE_FD)
+        .env_remove(GATE_RUNTIME)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -23,7 +23,9 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tether_protocol::{CreateParams, EventBody, ExitRecord, LogParams, ShutdownParams, INIT_PROCESS};
+use tether_protocol::{
+    CreateParams, EventBody, ExecParams, ExitRecord, LogParams, ShutdownParams, INIT_PROCESS,
+};
 
 /// How long attach clients may take to read what is queued for them once the
 /// container's output is over, before the monitor ends anyway.
@@ -46,8 +48,23 @@ pub struct Settings {
     pub api_version: bool,
     /// Where the engine looks for the attach socket (`<bundle>/attach`).
     pub attach_link: PathBuf,
-    /// The core's attach socket for init (the link points at it).
+    /// The core's attach socket for the process (the link points at it).
     pub attach_socket: PathBuf,
+    /// `-e`: one exec session instead of a container.
+    pub exec: Option<ExecSession>,
+}
+
+/// conmon's `-e --exec-attach` (podman exec, healthcheck run).
+pub struct ExecSession {
+    /// `-u`: the session id, the process's name in the core.
+    pub id: String,
+    /// `--exec-process-spec`: the OCI process podman wrote.
+    pub spec: PathBuf,
+    /// `_OCI_ATTACHPIPE`: told `{"data": 0}` once the attach socket listens.
+    pub attach_pipe: Option<OwnedFd>,
+    /// The start pipe, held open: the runtime call waits on it for podman's second
+    /// byte (sent once podman is attached) before it runs `runtime exec` (cli::gate).
+    pub start_pipe: Option<OwnedFd>,
 }
 
 enum Phase {
@@ -91,6 +108,60 @@ impl Conmon {
         })
     }
 
+    /// The process this monitor watches: init, or the exec session.
+    fn process_name(&self) -> &str {
+        self.s.exec.as_ref().map_or(INIT_PROCESS, |e| e.id.as_str())
+    }
+
+    fn link_attach(&self) {
+        if self.s.attach_link != self.s.attach_socket {
+            let _ = std::fs::remove_file(&self.s.attach_link);
+            if let Err(e) = std::os::unix::fs::symlink(&self.s.attach_socket, &self.s.attach_link) {
+                crate::log!("cannot link {}: {e}", self.s.attach_link.display());
+            }
+        }
+    }
+
+    fn exec(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        let Some(session) = self.s.exec.as_mut() else {
+            return;
+        };
+        let process = match std::fs::read(&session.spec)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let m = format!("exec process spec {}: {e}", session.spec.display());
+                return self.create_failed(&m);
+            }
+        };
+        let params = ExecParams {
+            exec_id: session.id.clone(),
+            process,
+            stdin: (!self.s.stdin).then(|| "/dev/null".to_string()),
+            log: Some(self.s.log.clone()),
+            attach: true,
+            ..Default::default()
+        };
+        match core.call(Call::Exec(params), io) {
+            Reply::Later(d) => {
+                self.phase = Phase::Creating(d.ticket());
+                core.engine_launched(&session.id);
+                self.link_attach();
+                // The attach socket listens: podman may connect, then sends the
+                // second start byte that lets `runtime exec` run.
+                if let Some(pipe) = session_attach_pipe(&mut self.s) {
+                    if let Err(e) = files::sync_message(&pipe, "data", 0, None) {
+                        crate::log!("cannot write to the attach pipe: {e}");
+                    }
+                }
+            }
+            Reply::Now(Err(e)) => self.create_failed(&e.message),
+            Reply::Now(Ok(_)) => self.create_failed("exec answered without a pid"),
+        }
+    }
+
     fn create(&mut self, core: &mut Core, io: &mut Io<'_>) {
         let params = CreateParams {
             stdin: (!self.s.stdin).then(|| "/dev/null".to_string()),
@@ -101,20 +172,16 @@ impl Conmon {
         match core.call(Call::Create(params), io) {
             Reply::Later(d) => {
                 self.phase = Phase::Creating(d.ticket());
-                if self.s.attach_link != self.s.attach_socket {
-                    let _ = std::fs::remove_file(&self.s.attach_link);
-                    if let Err(e) = std::os::unix::fs::symlink(&self.s.attach_socket, &self.s.attach_link) {
-                        crate::log!("cannot link {}: {e}", self.s.attach_link.display());
-                    }
-                }
+                core.engine_launched(INIT_PROCESS);
+                self.link_attach();
             }
-            Reply::Now(Err(e)) => self.create_failed(&e.message, core, io),
-            Reply::Now(Ok(_)) => self.create_failed("create answered without a pid", core, io),
+            Reply::Now(Err(e)) => self.create_failed(&e.message),
+            Reply::Now(Ok(_)) => self.create_failed("create answered without a pid"),
         }
     }
 
     fn created(&mut self, pid: i32) {
-        crate::log!("container {} created, pid {pid}", self.s.cid);
+        crate::log!("{} of {} launched, pid {pid}", self.process_name(), self.s.cid);
         if let Err(e) = crate::state_dir::write_atomic(&self.s.container_pidfile, pid.to_string().as_bytes())
         {
             crate::log!("cannot write {}: {e}", self.s.container_pidfile.display());
@@ -123,13 +190,15 @@ impl Conmon {
         self.phase = Phase::Running;
     }
 
-    fn create_failed(&mut self, message: &str, core: &mut Core, io: &mut Io<'_>) {
+    fn create_failed(&mut self, message: &str) {
         crate::log!("create failed: {message}");
         self.send_sync(-1, Some(message));
         self.outcome.set(1);
         let _ = std::fs::remove_file(&self.s.attach_link);
         self.held.clear();
-        self.finish(core, io);
+        // Ended on the next tick: outputs made here (in `deliver`) would wait for
+        // the loop's next wake-up.
+        self.phase = Phase::Draining(Instant::now());
     }
 
     fn send_sync(&mut self, data: i32, message: Option<&str>) {
@@ -139,8 +208,10 @@ impl Conmon {
                 crate::log!("cannot write to the sync pipe: {e}");
             }
         }
-        // One message per create; the engine closes its end after reading it.
-        self.sync = None;
+        // One message per create; an exec session sends its exit status last.
+        if self.s.exec.is_none() || data < 0 || message.is_some() {
+            self.sync = None;
+        }
     }
 
     /// Init's exit is out: conmon's order (fds, oom, exit files), then attach drains.
@@ -166,6 +237,13 @@ impl Conmon {
             files::write_or_log(&dir.join(&self.s.cid), &text);
         }
         let _ = std::fs::remove_file(&self.s.attach_link);
+        if self.s.exec.is_some() {
+            // podman has stopped reading by now (it takes the status from the exit
+            // file): conmon's write fails with EPIPE too.
+            if let Some(fd) = self.sync.take() {
+                let _ = files::sync_message(&fd, "data", status, None);
+            }
+        }
         self.phase = Phase::Draining(Instant::now() + ATTACH_DRAIN);
     }
 
@@ -181,6 +259,10 @@ impl Conmon {
     }
 }
 
+fn session_attach_pipe(s: &mut Settings) -> Option<OwnedFd> {
+    s.exec.as_mut().and_then(|e| e.attach_pipe.take())
+}
+
 impl Front for Conmon {
     fn on_ready(&mut self, token: Token, _ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
         if let Some(ctl) = self.ctl.as_mut().filter(|c| c.owns(token)) {
@@ -188,7 +270,7 @@ impl Front for Conmon {
         }
     }
 
-    fn deliver(&mut self, outputs: &[Output], core: &mut Core, io: &mut Io<'_>) {
+    fn deliver(&mut self, outputs: &[Output], _core: &mut Core, _io: &mut Io<'_>) {
         for output in outputs {
             match output {
                 Output::Reply(ticket, result) => {
@@ -197,13 +279,14 @@ impl Front for Conmon {
                     }
                     match result.as_ref() {
                         Ok(Answer::Created(r)) => self.created(r.pid),
-                        Ok(_) => self.create_failed("create answered without a pid", core, io),
-                        Err(e) => self.create_failed(&e.message, core, io),
+                        Ok(Answer::Exec(r)) => self.created(r.pid),
+                        Ok(_) => self.create_failed("create answered without a pid"),
+                        Err(e) => self.create_failed(&e.message),
                     }
                 }
                 Output::Event(event, _) => {
                     if let EventBody::Exit(record) = &event.body {
-                        if record.process == INIT_PROCESS && matches!(self.phase, Phase::Running) {
+                        if record.process == self.process_name() && matches!(self.phase, Phase::Running) {
                             self.exited(record);
                         }
                     }
@@ -215,6 +298,7 @@ impl Front for Conmon {
 
     fn on_tick(&mut self, core: &mut Core, io: &mut Io<'_>) {
         match self.phase {
+            Phase::Start if self.s.exec.is_some() => self.exec(core, io),
             Phase::Start => self.create(core, io),
             Phase::Draining(deadline) if !core.attach_clients_remain() || Instant::now() >= deadline => {
                 self.finish(core, io);
