@@ -58,6 +58,9 @@ pub struct AttachHub {
     eof_closes_stdin: bool,
     /// A client stopped writing under that rule: stdin is to be closed.
     stdin_eof: bool,
+    /// stdin is still to come (a terminal's, until its master arrives): input waits
+    /// for it rather than finding it closed.
+    stdin_expected: bool,
 }
 
 impl AttachHub {
@@ -88,6 +91,7 @@ impl AttachHub {
             closing: false,
             eof_closes_stdin: false,
             stdin_eof: false,
+            stdin_expected: false,
         })
     }
 
@@ -102,6 +106,22 @@ impl AttachHub {
     /// Where attach input goes (the process's stdin).
     pub fn set_stdin(&mut self, fd: Option<OwnedFd>) {
         self.stdin = fd.map(|fd| (fd, None));
+        self.stdin_expected = false;
+    }
+
+    /// The process's stdin comes later ([`set_stdin`](Self::set_stdin)): input sent
+    /// meanwhile waits (one packet per client), then goes in with
+    /// [`retry_input`](Self::retry_input).
+    pub fn expect_stdin(&mut self) {
+        self.stdin_expected = true;
+    }
+
+    /// stdin has come: input that waited for it goes in.
+    pub fn retry_input(&mut self, io: &mut Io<'_>) {
+        let tokens: Vec<Token> = self.clients.iter().map(|c| c.token).collect();
+        for t in tokens {
+            self.serve(t, io);
+        }
     }
 
     /// conmon's rule: when a client stops writing (EOF on its socket, after all its
@@ -117,6 +137,7 @@ impl AttachHub {
 
     /// The process's stdin was closed (`close_stdin`): attach input has nowhere to go.
     pub fn close_stdin(&mut self, io: &mut Io<'_>) {
+        self.stdin_expected = false;
         if let Some((fd, Some(token))) = self.stdin.take() {
             io.unwatch_fd(fd.as_raw_fd(), token);
         }
@@ -204,6 +225,9 @@ impl AttachHub {
             let client = &mut self.clients[i];
             if !client.pending_input.is_empty() {
                 let Some((stdin, stdin_token)) = self.stdin.as_mut() else {
+                    if self.stdin_expected {
+                        return Ok(());
+                    }
                     return Err(Some("the process's stdin is closed".to_string()));
                 };
                 match nix::unistd::write(&*stdin, &client.pending_input) {

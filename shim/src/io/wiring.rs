@@ -115,6 +115,11 @@ fn wire(
             let fan_out = pio.fan_out && stream != Stream::Stdin;
             let end = plain(stream, spec, fan_out)?;
             pio.set_path(stream, end.as_ref());
+            if stream == Stream::Stdin && matches!(end, Some(HostEnd::Open { .. })) {
+                if let Some(hub) = pio.attach.as_mut() {
+                    hub.expect_stdin();
+                }
+            }
             pio.pending_ends.push((stream, end));
         }
         pio.console = Some(ConsoleSocket::bind(&dir.console_socket(name), io).map_err(stdio_err)?);
@@ -317,6 +322,7 @@ impl ProcessIo {
                 (Stream::Stdin, Some(HostEnd::Open { fd, .. })) => {
                     if let Some(hub) = self.attach.as_mut() {
                         hub.set_stdin(dup.try_clone().ok());
+                        hub.retry_input(io);
                     }
                     Relay::new(stream, fd, dup, None, false).map(|mut relay| {
                         relay.register(io);
