@@ -657,3 +657,69 @@ fn exec_sessions_match_conmon() {
     assert!(a[0].contains("code: 7") && a[0].contains("from-exec\\n") && a[0].contains("exec-err\\n"));
     assert!(a[1].contains("code: 0") && a[1].contains("piped in\\n"));
 }
+
+impl Podman {
+    /// `podman ARGS` in a real terminal (`script`), with `input` typed into it: the
+    /// exit code, and what the terminal showed (carriage returns dropped).
+    fn in_terminal(&self, args: &str, input: &[u8]) -> (i32, String) {
+        let d = self.dir.display();
+        let typescript = self.dir.join(unique_id("typescript"));
+        let line = format!(
+            "CONTAINERS_CONF={d}/containers.conf podman --root {d}/root --runroot {d}/runroot --tmpdir {d}/tmp \
+             --cgroup-manager cgroupfs --events-backend file --runtime runc {args}"
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line])
+            .arg(&typescript)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Typed ahead: the terminal holds it until the container reads it. stdin
+        // stays open until the command has ended (script ends with it).
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        drop(stdin);
+        let shown = fs::read_to_string(&typescript)
+            .unwrap_or_default()
+            .replace('\r', "");
+        let _ = fs::remove_file(&typescript);
+        (code, shown)
+    }
+}
+
+#[test]
+fn terminals_match_conmon() {
+    let (t, c) = pair("tty");
+    let u = ULIMITS.join(" ");
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let (code, shown) = p.in_terminal(
+            &format!("run -it --rm {u} {IMAGE} sh -c 'tty; echo hello-tty; exit 4'"),
+            b"",
+        );
+        seen.push(format!(
+            "run -it {code} {}",
+            shown.contains("/dev/pts/0\nhello-tty\n")
+        ));
+        let (code, shown) = p.in_terminal(
+            &format!("run -it --rm {u} {IMAGE} sh"),
+            b"echo typed-$((6*7))\nexit 6\n",
+        );
+        seen.push(format!("typed {code} {}", shown.contains("typed-42\n")));
+        let r = p.run_ctr(
+            &["-d", "-t", "--name", "tt"],
+            &["sh", "-c", "while :; do sleep 1; done"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        let (code, shown) = p.in_terminal("exec -it tt sh", b"echo in-exec-$((2*3))\nexit 3\n");
+        seen.push(format!("exec -it {code} {}", shown.contains("in-exec-6\n")));
+        p.ok(&["rm", "-f", "-t", "0", "tt"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_eq!(a, ["run -it 4 true", "typed 6 true", "exec -it 3 true"]);
+}

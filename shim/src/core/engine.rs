@@ -86,14 +86,12 @@ impl Core {
     }
 
     /// `runtime create` returned: remember what init runs while it waits for start.
-    /// Attach follows conmon's rule: a client that stops writing closes stdin.
     pub(super) fn engine_created(&mut self, pid: i32) {
         let Some(mode) = self.engine.as_mut() else {
             return;
         };
         mode.created_exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         mode.next_poll = Some(Instant::now() + START_POLL);
-        self.engine_launched(tether_protocol::INIT_PROCESS);
     }
 
     /// Publishes `started` if the engine has started init since last time.

@@ -221,6 +221,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
             max_files: None,
         },
         stdin: a.stdin,
+        terminal: a.terminal,
         api_version: a.api_version,
         attach_link: bundle.join("attach"),
         attach_socket: dir.attach_socket(&process_name),

@@ -18,6 +18,8 @@ use tether_protocol::{ProcessParams, ResizeParams};
 const MAX_LINE: usize = 200;
 
 pub struct Ctl {
+    /// The process resizes and reopens are for (None: init).
+    process: Option<String>,
     read: File,
     token: Token,
     /// Write ends held so the reads never see EOF (and the engine's open succeeds).
@@ -38,11 +40,17 @@ fn fifo(path: &Path) -> std::io::Result<(File, File)> {
 }
 
 impl Ctl {
-    pub fn make(bundle: &Path, owner: Owner, io: &mut Io<'_>) -> std::io::Result<Ctl> {
+    pub fn make(
+        bundle: &Path,
+        process: Option<String>,
+        owner: Owner,
+        io: &mut Io<'_>,
+    ) -> std::io::Result<Ctl> {
         let (read, ctl_w) = fifo(&bundle.join("ctl"))?;
         let (winsz_r, winsz_w) = fifo(&bundle.join("winsz"))?;
         let token = io.watch_fd(owner, read.as_raw_fd(), Interest::READABLE)?;
         Ok(Ctl {
+            process,
             read,
             token,
             _keep: vec![ctl_w, winsz_r, winsz_w],
@@ -66,7 +74,7 @@ impl Ctl {
         }
         while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=end).collect();
-            command(&String::from_utf8_lossy(&line), core, io);
+            command(&String::from_utf8_lossy(&line), self.process.clone(), core, io);
         }
         if self.buf.len() > MAX_LINE {
             self.buf.clear();
@@ -78,7 +86,7 @@ impl Ctl {
     }
 }
 
-fn command(line: &str, core: &mut Core, io: &mut Io<'_>) {
+fn command(line: &str, process: Option<String>, core: &mut Core, io: &mut Io<'_>) {
     let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
     let (Some(Some(kind)), Some(Some(h)), Some(Some(w))) = (fields.next(), fields.next(), fields.next())
     else {
@@ -86,11 +94,11 @@ fn command(line: &str, core: &mut Core, io: &mut Io<'_>) {
     };
     let call = match kind {
         1 => Call::Resize(ResizeParams {
-            process: None,
+            process,
             rows: h.min(u16::MAX.into()) as u16,
             cols: w.min(u16::MAX.into()) as u16,
         }),
-        2 => Call::ReopenLog(ProcessParams { process: None }),
+        2 => Call::ReopenLog(ProcessParams { process }),
         _ => return crate::log!("ctl: unknown message type {kind}"),
     };
     if let Reply::Now(Err(e)) = core.call(call, io) {

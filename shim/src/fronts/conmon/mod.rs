@@ -42,8 +42,11 @@ pub struct Settings {
     pub exit_dir: Option<PathBuf>,
     pub persist_dir: Option<PathBuf>,
     pub log: LogParams,
-    /// `-i`: the container gets a stdin pipe, fed by attach clients.
+    /// `-i`: the container gets a stdin pipe, fed by attach clients, closed when
+    /// one of them stops writing.
     pub stdin: bool,
+    /// `-t`: the process has a terminal (the runtime's console socket).
+    pub terminal: bool,
     /// Without `--api-version` the sync key is `pid` (CRI-O), else `data`.
     pub api_version: bool,
     /// Where the engine looks for the attach socket (`<bundle>/attach`).
@@ -97,7 +100,8 @@ impl Conmon {
         owner: Owner,
         io: &mut Io<'_>,
     ) -> std::io::Result<Conmon> {
-        let ctl = ctl::Ctl::make(&s.bundle, owner, io)?;
+        let process = s.exec.as_ref().map(|e| e.id.clone());
+        let ctl = ctl::Ctl::make(&s.bundle, process, owner, io)?;
         Ok(Conmon {
             s,
             sync,
@@ -113,6 +117,12 @@ impl Conmon {
         self.s.exec.as_ref().map_or(INIT_PROCESS, |e| e.id.as_str())
     }
 
+    /// The process's stdin: /dev/null without `-i` (and without `-t`: a terminal's
+    /// input comes from attach clients, through the PTY).
+    fn no_stdin(&self) -> Option<String> {
+        (!self.s.stdin && !self.s.terminal).then(|| "/dev/null".to_string())
+    }
+
     fn link_attach(&self) {
         if self.s.attach_link != self.s.attach_socket {
             let _ = std::fs::remove_file(&self.s.attach_link);
@@ -123,6 +133,7 @@ impl Conmon {
     }
 
     fn exec(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        let no_stdin = self.no_stdin();
         let Some(session) = self.s.exec.as_mut() else {
             return;
         };
@@ -139,7 +150,7 @@ impl Conmon {
         let params = ExecParams {
             exec_id: session.id.clone(),
             process,
-            stdin: (!self.s.stdin).then(|| "/dev/null".to_string()),
+            stdin: no_stdin,
             log: Some(self.s.log.clone()),
             attach: true,
             ..Default::default()
@@ -147,7 +158,9 @@ impl Conmon {
         match core.call(Call::Exec(params), io) {
             Reply::Later(d) => {
                 self.phase = Phase::Creating(d.ticket());
-                core.engine_launched(&session.id);
+                if self.s.stdin {
+                    core.engine_launched(&session.id);
+                }
                 self.link_attach();
                 // The attach socket listens: podman may connect, then sends the
                 // second start byte that lets `runtime exec` run.
@@ -164,7 +177,7 @@ impl Conmon {
 
     fn create(&mut self, core: &mut Core, io: &mut Io<'_>) {
         let params = CreateParams {
-            stdin: (!self.s.stdin).then(|| "/dev/null".to_string()),
+            stdin: self.no_stdin(),
             log: Some(self.s.log.clone()),
             attach: true,
             ..Default::default()
@@ -172,7 +185,9 @@ impl Conmon {
         match core.call(Call::Create(params), io) {
             Reply::Later(d) => {
                 self.phase = Phase::Creating(d.ticket());
-                core.engine_launched(INIT_PROCESS);
+                if self.s.stdin {
+                    core.engine_launched(INIT_PROCESS);
+                }
                 self.link_attach();
             }
             Reply::Now(Err(e)) => self.create_failed(&e.message),
