@@ -723,3 +723,29 @@ fn terminals_match_conmon() {
     assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
     assert_eq!(a, ["run -it 4 true", "typed 6 true", "exec -it 3 true"]);
 }
+
+#[test]
+fn a_published_port_is_held_until_exit() {
+    let (t, c) = pair("port");
+    // This ports: 16000 for tether-conmon, 16001 for conmon.
+    for (p, port) in [(&t, 16000), (&c, 16001)] {
+        let publish = format!("{port}:80");
+        let r = p.run_ctr(&["-d", "--name", "w1", "-p", &publish], &["sleep", "1000"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        // podman reserved the port and handed the socket to the monitor, which holds it.
+        let monitor = p.inspect("w1", "{{.State.ConmonPid}}");
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
+            "port {port} is free while the container runs"
+        );
+        let holders = fs::read_dir(format!("/proc/{monitor}/fd")).unwrap().count();
+        assert!(holders > 3, "the monitor holds fds");
+        p.ok(&["stop", "-t", "0", "w1"]);
+        // Closed before the exit file: a restart can bind it again.
+        p.ok(&["start", "w1"]);
+        p.ok(&["rm", "-f", "-t", "0", "w1"]);
+        wait_until(Duration::from_secs(30), "the port to be free", || {
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        });
+    }
+}

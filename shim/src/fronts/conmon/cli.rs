@@ -221,6 +221,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
             max_files: None,
         },
         stdin: a.stdin,
+        eof_closes_stdin: a.stdin && !a.leave_stdin_open,
         terminal: a.terminal,
         api_version: a.api_version,
         attach_link: bundle.join("attach"),

@@ -45,6 +45,9 @@ pub struct Settings {
     /// `-i`: the container gets a stdin pipe, fed by attach clients, closed when
     /// one of them stops writing.
     pub stdin: bool,
+    /// conmon's rule: an attach client that stops writing closes stdin (`-i`
+    /// without `--leave-stdin-open`).
+    pub eof_closes_stdin: bool,
     /// `-t`: the process has a terminal (the runtime's console socket).
     pub terminal: bool,
     /// Without `--api-version` the sync key is `pid` (CRI-O), else `data`.
@@ -158,7 +161,7 @@ impl Conmon {
         match core.call(Call::Exec(params), io) {
             Reply::Later(d) => {
                 self.phase = Phase::Creating(d.ticket());
-                if self.s.stdin {
+                if self.s.eof_closes_stdin {
                     core.engine_launched(&session.id);
                 }
                 self.link_attach();
@@ -185,7 +188,7 @@ impl Conmon {
         match core.call(Call::Create(params), io) {
             Reply::Later(d) => {
                 self.phase = Phase::Creating(d.ticket());
-                if self.s.stdin {
+                if self.s.eof_closes_stdin {
                     core.engine_launched(INIT_PROCESS);
                 }
                 self.link_attach();
