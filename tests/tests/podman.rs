@@ -90,7 +90,9 @@ impl Podman {
     fn command(&self, args: &[&str]) -> Command {
         let d = &self.dir;
         let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+        // podman's cwd is conmon's (its `oom` lands there): the private dir.
+        c.current_dir(d)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
             .arg("--root")
             .arg(d.join("root"))
             .arg("--runroot")
@@ -376,7 +378,10 @@ fn oom_kill_is_reported() {
     // does not look (OOMKilled false); tether-conmon writes it into the bundle.
     assert_eq!(t.inspect("o1", "{{.State.OOMKilled}}"), "true");
     assert_eq!(c.inspect("o1", "{{.State.ExitCode}}"), "137");
-    let _ = fs::remove_file("oom");
+    assert!(
+        c.dir.join("oom").exists(),
+        "conmon's oom is in podman's cwd, as recorded"
+    );
 }
 
 #[test]
