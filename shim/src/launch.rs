@@ -62,9 +62,29 @@ pub fn start(opts: LaunchOptions) -> i32 {
     }
 }
 
+/// What a front's launcher changes in how the shim starts and ends (tether-conmon).
+#[derive(Default)]
+pub struct ShimHooks {
+    /// Keep the fds the launcher inherited (conmon holds them: published ports'
+    /// sockets, rootless networking's pipes) instead of closing them.
+    pub keep_inherited_fds: bool,
+    /// Runs in the shim once its loop has ended, with the loop's exit code; returns
+    /// the shim's exit code (tether-conmon runs the engine's exit command here).
+    pub after_loop: Option<Box<dyn FnOnce(i32) -> i32>>,
+}
+
 /// Forks the shim and returns once it serves, with its state dir; or why it could
 /// not (nothing is left behind then).
 pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir, String> {
+    spawn_with(opts, extra, ShimHooks::default())
+}
+
+/// [`spawn`], with a front's [`ShimHooks`].
+pub fn spawn_with(
+    opts: LaunchOptions,
+    extra: Option<ExtraFront>,
+    hooks: ShimHooks,
+) -> Result<StateDir, String> {
     let dir = StateDir::new(opts.state_dir.clone());
     prepare_state_dir(&dir, &opts.id)?;
     let (ready_r, ready_w) =
@@ -74,7 +94,7 @@ pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir,
         Err(e) => Err(format!("fork: {e}")),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(ready_r);
-            std::process::exit(run_shim(opts, dir, ready_w, extra))
+            std::process::exit(run_shim(opts, dir, ready_w, extra, hooks))
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             drop(ready_w);
@@ -110,10 +130,19 @@ fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
 }
 
 /// The shim itself, in the forked child. Returns its exit code.
-fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd, extra: Option<ExtraFront>) -> i32 {
+fn run_shim(
+    opts: LaunchOptions,
+    dir: StateDir,
+    ready: OwnedFd,
+    extra: Option<ExtraFront>,
+    hooks: ShimHooks,
+) -> i32 {
     let keep = ready.as_raw_fd();
     let mut ready = fs::File::from(ready);
-    match become_shim(&opts, &dir, keep, extra) {
+    if !hooks.keep_inherited_fds {
+        close_inherited_fds(keep);
+    }
+    match become_shim(&opts, &dir, extra) {
         Ok(server) => {
             let _ = ready.write_all(b"ok");
             drop(ready);
@@ -123,13 +152,14 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd, extra: Option<Ex
                 dir.socket().display(),
                 opts.bundle.display()
             );
-            match server.run() {
+            let code = match server.run() {
                 Ok(()) => 0,
                 Err(e) => {
                     crate::log!("event loop failed: {e}");
                     1
                 }
-            }
+            };
+            hooks.after_loop.map_or(code, |after| after(code))
         }
         Err(e) => {
             crate::log!("startup failed: {e}");
@@ -145,10 +175,8 @@ fn run_shim(opts: LaunchOptions, dir: StateDir, ready: OwnedFd, extra: Option<Ex
 fn become_shim(
     opts: &LaunchOptions,
     dir: &StateDir,
-    keep: i32,
     extra: Option<ExtraFront>,
 ) -> Result<Box<Reactor>, String> {
-    close_inherited_fds(keep);
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     crate::sys::take_private_umask();

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod cleanup;
+pub mod conmon_cli;
 pub mod containerd_cli;
 pub mod core;
 pub mod error;

@@ -45,6 +45,11 @@ impl Reactor {
         })
     }
 
+    /// The core, for a front's set-up (tether-conmon sets its mode).
+    pub fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
     /// Adds a front; `make` gets its owner tag and the loop to register with.
     pub fn add_front<F: Front + 'static>(
         &mut self,

@@ -27,6 +27,19 @@ pub fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Takes ownership of a descriptor this process inherited open (conmon's sync and
+/// start pipes, the fds an engine hands its monitor), or None if `fd` is not open.
+/// Callers take each inherited number once, at start-up, before anything else in the
+/// process could have opened or owned it.
+pub fn own_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 || nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return None;
+    }
+    // SAFETY: the descriptor is open, was inherited, and (see above) nothing else in
+    // this process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// TIOCSWINSZ: sets a terminal's size.
 pub fn set_window_size(tty: RawFd, rows: u16, cols: u16) -> Result<(), Errno> {
     let size = libc::winsize {

@@ -99,6 +99,10 @@ impl Core {
                 format!("exec id {exec_id:?} is already in use"),
             ));
         }
+        if self.engine_exec_session() {
+            // The container is another monitor's: the engine checked it runs.
+            return Ok(());
+        }
         let init_running = self
             .init
             .as_ref()

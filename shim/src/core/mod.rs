@@ -9,6 +9,7 @@
 
 mod api;
 mod bundle;
+mod engine;
 mod guards;
 mod oom;
 mod ops;
@@ -64,6 +65,8 @@ pub struct Core {
     /// Numbers each runtime invocation's scratch files.
     next_scratch: u64,
     out: Outbox,
+    /// Set when the engine owns the lifecycle (tether-conmon): see `engine`.
+    engine: Option<engine::EngineMode>,
 }
 
 impl Core {
@@ -100,6 +103,7 @@ impl Core {
             next_scratch: 1,
             out: Outbox::new(dir.clone(), events),
             dir,
+            engine: None,
         })
     }
 
@@ -116,6 +120,10 @@ impl Core {
     pub fn call(&mut self, call: Call, io: &mut Io<'_>) -> Reply {
         if self.closing && !matches!(call, Call::Hello | Call::State(_)) {
             return Reply::Now(Err(err(ErrorKind::ShuttingDown, "the shim is shutting down")));
+        }
+        self.notice_engine_start();
+        if let Err(e) = self.engine_refuses(&call) {
+            return Reply::Now(Err(e));
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -230,6 +238,7 @@ impl Core {
     /// Readiness of one of the core's fds.
     #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_ready(&mut self, token: Token, io: &mut Io<'_>) {
+        self.notice_engine_start();
         if self.oom.owns(token) {
             self.oom.drain();
             self.check_oom();
@@ -294,12 +303,16 @@ impl Core {
             .into_iter()
             .chain(self.out.next_retry())
             .chain(self.next_capture_deadline())
+            .chain(self.engine_deadline())
             .min()
     }
 
     #[inline(never)] // keeps its locals out of the idle loop's frame
     pub fn on_tick(&mut self, io: &mut Io<'_>) {
         let now = Instant::now();
+        if self.engine_deadline().is_some_and(|d| d <= now) {
+            self.notice_engine_start();
+        }
         if self.out.next_retry().is_some_and(|d| d <= now) {
             self.out.retry();
         }

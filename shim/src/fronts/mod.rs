@@ -3,6 +3,7 @@
 //! messages, and registers its fds with the loop through [`Io`]. Adding one touches
 //! neither the core nor the other fronts: only the launch that lists them.
 
+pub mod conmon;
 pub mod containerd;
 pub mod jsonrpc;
 pub mod listener;

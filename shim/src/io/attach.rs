@@ -45,6 +45,9 @@ struct Client {
     cut: bool,
     /// When its socket last took a packet (or it connected).
     progress_at: Instant,
+    /// It shut down its sending side (podman does, its stdin done or never read):
+    /// no more input, but it still gets the output until it closes.
+    input_done: bool,
 }
 
 pub struct AttachHub {
@@ -62,6 +65,13 @@ pub struct AttachHub {
     /// `close_stdin` came: input already read still goes to stdin, then it closes;
     /// new input is refused.
     stdin_closing: bool,
+    /// conmon's rule (tether-conmon): a client that stops writing closes stdin.
+    eof_closes_stdin: bool,
+    /// A client stopped writing under that rule: stdin is to be closed.
+    stdin_eof: bool,
+    /// stdin is still to come (a terminal's, until its master arrives): input waits
+    /// for it rather than finding it closed.
+    stdin_expected: bool,
 }
 
 impl AttachHub {
@@ -91,6 +101,9 @@ impl AttachHub {
             stdin_owner: None,
             closing: false,
             stdin_closing: false,
+            eof_closes_stdin: false,
+            stdin_eof: false,
+            stdin_expected: false,
         })
     }
 
@@ -105,11 +118,39 @@ impl AttachHub {
     /// Where attach input goes (the process's stdin).
     pub fn set_stdin(&mut self, fd: Option<OwnedFd>) {
         self.stdin = fd.map(|fd| (fd, None));
+        self.stdin_expected = false;
+    }
+
+    /// The process's stdin comes later ([`set_stdin`](Self::set_stdin)): input sent
+    /// meanwhile waits (one packet per client), then goes in with
+    /// [`retry_input`](Self::retry_input).
+    pub fn expect_stdin(&mut self) {
+        self.stdin_expected = true;
+    }
+
+    /// stdin has come: input that waited for it goes in.
+    pub fn retry_input(&mut self, io: &mut Io<'_>) {
+        let tokens: Vec<Token> = self.clients.iter().map(|c| c.token).collect();
+        for t in tokens {
+            self.serve(t, io);
+        }
+    }
+
+    /// conmon's rule: when a client stops writing (EOF on its socket, after all its
+    /// input went in), the process's stdin is closed.
+    pub fn set_eof_closes_stdin(&mut self, on: bool) {
+        self.eof_closes_stdin = on;
+    }
+
+    /// True once, when a client's EOF asks for stdin to be closed.
+    pub fn take_stdin_eof(&mut self) -> bool {
+        std::mem::take(&mut self.stdin_eof)
     }
 
     /// `close_stdin`: input the hub has already read from clients still reaches the
     /// process; then the hub's descriptor on stdin goes, and new input is refused.
     pub fn close_stdin(&mut self, io: &mut Io<'_>) {
+        self.stdin_expected = false;
         self.stdin_closing = true;
         if self.clients.iter().all(|c| c.pending_input.is_empty()) {
             self.drop_stdin(io);
@@ -158,6 +199,7 @@ impl AttachHub {
                             pending_input: Vec::new(),
                             cut: false,
                             progress_at: Instant::now(),
+                            input_done: false,
                         }),
                         Err(e) => crate::log!("cannot watch an attach client: {e}"),
                     }
@@ -174,7 +216,11 @@ impl AttachHub {
         let Some(i) = self.clients.iter().position(|c| c.token == token) else {
             return;
         };
-        if !self.clients[i].cut {
+        let client = &self.clients[i];
+        if client.input_done && peer_closed(&client.fd) {
+            return self.remove(i, io);
+        }
+        if !client.cut && !client.input_done {
             let taken = self.take_input(i, io);
             if self.stdin_closing && self.clients.iter().all(|c| c.pending_input.is_empty()) {
                 self.drop_stdin(io);
@@ -204,6 +250,9 @@ impl AttachHub {
             let client = &mut self.clients[i];
             if !client.pending_input.is_empty() {
                 let Some((stdin, stdin_token)) = self.stdin.as_mut() else {
+                    if self.stdin_expected {
+                        return Ok(());
+                    }
                     return Err(Some("the process's stdin is closed".to_string()));
                 };
                 match nix::unistd::write(&*stdin, &client.pending_input) {
@@ -226,7 +275,20 @@ impl AttachHub {
             }
             let mut buf = vec![0u8; INPUT_PACKET];
             match socket::recv(client.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return Err(None),
+                Ok(0) => {
+                    if self.eof_closes_stdin && self.stdin.is_some() {
+                        self.stdin_eof = true;
+                    }
+                    if peer_closed(&client.fd) {
+                        return Err(None);
+                    }
+                    // Only its sending side is shut: it keeps getting output.
+                    client.input_done = true;
+                    if self.stdin_owner == Some(client.token) {
+                        self.stdin_owner = None;
+                    }
+                    return Ok(());
+                }
                 Ok(_) if self.stdin_closing => return Err(Some("the process's stdin is closed".to_string())),
                 Ok(n) => {
                     if *self.stdin_owner.get_or_insert(client.token) != client.token {
@@ -363,6 +425,20 @@ impl AttachHub {
         while !self.clients.is_empty() {
             self.remove(0, io);
         }
+    }
+}
+
+/// The client closed its socket (both directions), as opposed to shutting down only
+/// its sending side.
+fn peer_closed(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => true,
     }
 }
 

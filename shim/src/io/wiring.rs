@@ -121,6 +121,11 @@ fn wire(
             let fan_out = pio.fan_out && stream != Stream::Stdin;
             let end = plain(stream, spec, fan_out)?;
             pio.set_path(stream, end.as_ref());
+            if stream == Stream::Stdin && matches!(end, Some(HostEnd::Open { .. })) {
+                if let Some(hub) = pio.attach.as_mut() {
+                    hub.expect_stdin();
+                }
+            }
             pio.pending_ends.push((stream, end));
         }
         pio.console = Some(ConsoleSocket::bind(&dir.console_socket(name), io).map_err(stdio_err)?);
@@ -275,8 +280,12 @@ impl ProcessIo {
             self.attach_console(name, io);
         } else if let Some(hub) = self.attach.as_mut().filter(|h| h.owns(token)) {
             hub.on_ready(token, io);
+            let stdin_eof = hub.take_stdin_eof();
             if hub.has_clients() {
                 self.fan_out_relays(io);
+            }
+            if stdin_eof {
+                self.close_stdin(io, exited);
             }
         }
         self.pump(io, exited);
@@ -390,6 +399,7 @@ impl ProcessIo {
                 ) => {
                     if let Some(hub) = self.attach.as_mut() {
                         hub.set_stdin(dup.try_clone().ok());
+                        hub.retry_input(io);
                     }
                     Relay::new(stream, fd, dup, None, false).map(|relay| {
                         let mut relay = relay.with_late_writer(writers_end_it.then_some(path));

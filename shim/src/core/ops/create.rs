@@ -108,6 +108,9 @@ impl Core {
             terminal: init.terminal,
         };
         self.oom.watch(pid, io);
+        if !restore {
+            self.engine_created(pid);
+        }
         self.out.publish(EventBody::Created { pid });
         if restore {
             self.out.publish(EventBody::Started { pid });

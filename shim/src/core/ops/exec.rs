@@ -114,7 +114,7 @@ impl Core {
                 return self.out.reply(ticket, Err(e));
             }
         };
-        let init_gone = self.init.as_ref().is_none_or(|i| i.has_exited());
+        let init_gone = !self.engine_exec_session() && self.init.as_ref().is_none_or(|i| i.has_exited());
         let Some(proc) = self.execs.get_mut(&name) else {
             return;
         };

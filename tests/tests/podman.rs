@@ -1,0 +1,756 @@
+//! tether-conmon under the real podman (Debian's 4.3.1), each scenario run twice in
+//! the same test: through tether-conmon and through the stock conmon (2.1.6) as the
+//! reference, each with a private podman root, runroot, tmpdir and containers.conf
+//! (`conmon_path`, so podman's cleanup process uses the same monitor), and a busybox
+//! image imported from a local rootfs (no network). docs/CONMON.md.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tether_tests::{binary, pid_gone, shared_rootfs, unique_id, wait_until};
+
+const STOCK_CONMON: &str = "/usr/bin/conmon";
+/// The VM lacks CAP_SYS_RESOURCE: podman's default rlimits cannot be set.
+const ULIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"];
+const IMAGE: &str = "localhost/busybox";
+
+fn require_podman() {
+    assert!(
+        nix_is_root(),
+        "the podman tests need root (podman with cgroupfs, runc)"
+    );
+    for bin in ["/usr/bin/podman", STOCK_CONMON, "/usr/bin/runc"] {
+        assert!(
+            Path::new(bin).exists() || (bin == "/usr/bin/runc" && Path::new("/usr/sbin/runc").exists()),
+            "{bin} is missing: run scripts/setup (it installs podman and conmon)"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// One private podman (its own storage, run dir, tmpdir, containers.conf) using the
+/// monitor at `conmon`.
+struct Podman {
+    dir: PathBuf,
+    conmon: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Podman {
+    fn new(label: &str, conmon: &Path) -> Podman {
+        let dir = std::env::temp_dir().join(unique_id(&format!("tp-{label}")));
+        fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            "[engine]\nconmon_path = [\"{}\"]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n",
+            conmon.display()
+        );
+        fs::write(dir.join("containers.conf"), conf).unwrap();
+        let p = Podman {
+            dir,
+            conmon: conmon.to_path_buf(),
+        };
+        // The image, from the shared busybox rootfs.
+        let mut tar = Command::new("tar")
+            .args(["-C"])
+            .arg(shared_rootfs())
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = p
+            .command(&["import", "-", IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+        assert!(
+            out.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let d = &self.dir;
+        let mut c = Command::new("podman");
+        // podman's cwd is conmon's (its `oom` lands there): the private dir.
+        c.current_dir(d)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                "runc",
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        ran(self.command(args).output().unwrap())
+    }
+
+    fn run_input(&self, args: &[&str], input: &[u8]) -> Ran {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        ran(child.wait_with_output().unwrap())
+    }
+
+    /// `podman run ULIMITS ARGS...` (ARGS: options, the image, the command).
+    fn run_ctr(&self, opts: &[&str], cmd: &[&str]) -> Ran {
+        let mut args = vec!["run"];
+        args.extend(ULIMITS);
+        args.extend(opts);
+        args.push(IMAGE);
+        args.extend(cmd);
+        self.run(&args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "podman {args:?} ({}): {r:?}", self.conmon.display());
+        r.stdout
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", name, "--format", format]).trim().to_string()
+    }
+
+    fn bundle(&self, name: &str) -> PathBuf {
+        let id = self.inspect(name, "{{.Id}}");
+        self.dir.join("root/overlay-containers").join(id).join("userdata")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.command(&["rm", "-af", "-t", "0"]).output();
+        // containers/storage mounts its overlay home privately on itself.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.join("root/overlay"))
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ran(out: Output) -> Ran {
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn tether_conmon() -> PathBuf {
+    binary("tether-conmon")
+}
+
+/// The pair every scenario runs on: (tether-conmon, stock conmon).
+fn pair(label: &str) -> (Podman, Podman) {
+    require_podman();
+    (
+        Podman::new(&format!("{label}-t"), &tether_conmon()),
+        Podman::new(&format!("{label}-c"), Path::new(STOCK_CONMON)),
+    )
+}
+
+/// The messages of a k8s-file log, records joined (P records without a newline).
+fn log_text(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_ts, stream, tag, msg) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next().unwrap_or(""),
+        );
+        assert!(
+            matches!(stream, Some("stdout") | Some("stderr")),
+            "bad record {line:?}"
+        );
+        out.push_str(msg);
+        if tag == Some("F") {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn podman_info_names_tether_conmon() {
+    let (t, c) = pair("info");
+    let path = t.ok(&["info", "--format", "{{.Host.Conmon.Path}}"]);
+    assert_eq!(
+        path.trim(),
+        tether_conmon().display().to_string(),
+        "podman fell back to another conmon"
+    );
+    let version = t.ok(&["info", "--format", "{{.Host.Conmon.Version}}"]);
+    assert!(
+        version.starts_with("conmon version 2.1.6, commit: tether-conmon"),
+        "{version}"
+    );
+    assert_eq!(
+        c.ok(&["info", "--format", "{{.Host.Conmon.Path}}"]).trim(),
+        STOCK_CONMON
+    );
+}
+
+#[test]
+fn foreground_runs_match_conmon() {
+    let (t, c) = pair("fg");
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["--rm"], vec!["echo", "hi"]),
+        (
+            vec!["--rm"],
+            vec!["sh", "-c", "echo out; sleep 0.3; echo err >&2; exit 3"],
+        ),
+        // The runtime fails: its message reaches podman as conmon's does (rc 127).
+        (vec!["--rm"], vec!["/nonexistent"]),
+        (
+            vec!["--rm", "--log-driver", "none"],
+            vec!["sh", "-c", "echo unlogged"],
+        ),
+        (vec![], vec!["sh", "-c", "echo kept; exit 5"]),
+    ];
+    for (opts, cmd) in &cases {
+        let a = t.run_ctr(opts, cmd);
+        let b = c.run_ctr(opts, cmd);
+        assert_eq!(
+            a, b,
+            "podman run {opts:?} {cmd:?}: tether-conmon (left) vs conmon (right)"
+        );
+    }
+    assert_eq!(t.run_ctr(&["--rm"], &["echo", "hi"]).stdout, "hi\n");
+    // stdin through attach (-i): EOF on podman's side closes the container's stdin.
+    let input = b"line one\nline two\n";
+    let a = t.run_input(
+        &[
+            "run", "-i", "--rm", ULIMITS[0], ULIMITS[1], ULIMITS[2], ULIMITS[3], IMAGE, "cat",
+        ],
+        input,
+    );
+    let b = c.run_input(
+        &[
+            "run", "-i", "--rm", ULIMITS[0], ULIMITS[1], ULIMITS[2], ULIMITS[3], IMAGE, "cat",
+        ],
+        input,
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.stdout.as_bytes(), input);
+    // The kept container: same state, same log.
+    for p in [&t, &c] {
+        let ids = p.ok(&["ps", "-aq"]);
+        assert_eq!(
+            ids.lines().count(),
+            1,
+            "only the container run without --rm is left"
+        );
+    }
+    let state = |p: &Podman| {
+        let id = p.ok(&["ps", "-aq"]).trim().to_string();
+        (
+            p.inspect(&id, "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}"),
+            p.ok(&["logs", &id]),
+        )
+    };
+    assert_eq!(state(&t), state(&c));
+    assert_eq!(state(&t).0, "exited 5 false");
+    t.ok(&["rm", "-a"]);
+    assert_no_monitor_left(&t);
+}
+
+#[test]
+fn detached_lifecycle_matches_conmon() {
+    let (t, c) = pair("life");
+    let script =
+        "echo started; echo to-stderr >&2; trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done";
+    let steps = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "--name", "c1"], &["sh", "-c", script]);
+        assert_eq!(r.code, 0, "{r:?}");
+        wait_until(Duration::from_secs(30), "the first log line", || {
+            p.ok(&["logs", "c1"]).contains("started")
+        });
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["pause", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["unpause", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["stop", "-t", "10", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}} {{.State.ExitCode}}"));
+        p.ok(&["start", "c1"]);
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        // podman restart SIGKILLs the old monitor once the container has stopped.
+        let monitor = p.inspect("c1", "{{.State.ConmonPid}}");
+        p.ok(&["restart", "-t", "10", "c1"]);
+        let again = p.inspect("c1", "{{.State.ConmonPid}}");
+        seen.push(format!("new monitor {}", monitor != again));
+        seen.push(p.inspect("c1", "{{.State.Status}}"));
+        p.ok(&["kill", "c1"]);
+        seen.push(p.ok(&["wait", "c1"]).trim().to_string());
+        seen.push(p.inspect("c1", "{{.State.Status}} {{.State.ExitCode}}"));
+        // The monitor is gone once the container is.
+        let pid: i32 = again.parse().unwrap();
+        wait_until(Duration::from_secs(30), "the monitor to exit", || pid_gone(pid));
+        let id = p.inspect("c1", "{{.Id}}");
+        let logs = p.run(&["logs", "c1"]);
+        seen.push(format!("stdout {:?} stderr {:?}", logs.stdout, logs.stderr));
+        p.ok(&["rm", "c1"]);
+        seen.push(p.ok(&["ps", "-aq"]));
+        assert_nothing_left(&id);
+        seen
+    };
+    let a = steps(&t);
+    let b = steps(&c);
+    assert_eq!(a, b, "tether-conmon (left) vs conmon (right)");
+    assert_eq!(a[0..4], ["running", "paused", "running", "exited 7"]);
+}
+
+#[test]
+fn attach_to_a_detached_container_matches_conmon() {
+    let (t, c) = pair("attach");
+    let go = |p: &Podman| {
+        let r = p.run_ctr(
+            &["-d", "--name", "a1"],
+            &["sh", "-c", "sleep 2; echo late; echo late-err >&2; exit 3"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        let monitor: i32 = p.inspect("a1", "{{.State.ConmonPid}}").parse().unwrap();
+        let a = p.run(&["attach", "--no-stdin", "a1"]);
+        // The monitor ends once the exit command (podman's cleanup) is done.
+        wait_until(Duration::from_secs(60), "the monitor to exit", || {
+            pid_gone(monitor)
+        });
+        let state = p.inspect("a1", "{{.State.Status}} {{.State.ExitCode}}");
+        (a, state)
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c));
+    assert_eq!(a.0.stdout.trim_end(), "late");
+    assert_eq!(a.1, "exited 3");
+}
+
+#[test]
+fn oom_kill_is_reported() {
+    let (t, c) = pair("oom");
+    let hog = ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"];
+    let opts = ["--name", "o1", "--memory", "20m", "--memory-swap", "20m"];
+    let a = t.run_ctr(&opts, &hog);
+    let b = c.run_ctr(&opts, &hog);
+    assert_eq!((a.code, b.code), (137, 137));
+    // conmon 2.1.6 under podman 4.3.1 writes `oom` into the caller's cwd, where podman
+    // does not look (OOMKilled false); tether-conmon writes it into the bundle.
+    assert_eq!(t.inspect("o1", "{{.State.OOMKilled}}"), "true");
+    assert_eq!(c.inspect("o1", "{{.State.ExitCode}}"), "137");
+    assert!(
+        c.dir.join("oom").exists(),
+        "conmon's oom is in podman's cwd, as recorded"
+    );
+}
+
+#[test]
+fn log_size_max_rotates_without_loss() {
+    let (t, c) = pair("logs");
+    // about 35 kB of log records at max-size=10k: tether rotates (ctr.log, .1 ... .4: 5 files
+    // of 10 kB hold it all); conmon truncates and keeps only the last part.
+    let script = "i=0; while [ $i -lt 700 ]; do echo line-$i; i=$((i+1)); done";
+    let expected: String = (0..700).map(|i| format!("line-{i}\n")).collect();
+    for p in [&t, &c] {
+        let r = p.run_ctr(
+            &["--name", "l1", "--log-opt", "max-size=10k"],
+            &["sh", "-c", script],
+        );
+        assert_eq!(r.code, 0);
+        assert_eq!(r.stdout, expected, "attach output is whole either way");
+    }
+    let bundle = t.bundle("l1");
+    let mut all = String::new();
+    for n in (1..5).rev() {
+        all.push_str(&log_text(&bundle.join(format!("ctr.log.{n}"))));
+    }
+    all.push_str(&log_text(&bundle.join("ctr.log")));
+    assert_eq!(all.len(), expected.len());
+    assert!(
+        all == expected,
+        "the rotated logs do not hold every line in order"
+    );
+    let theirs = log_text(&c.bundle("l1").join("ctr.log"));
+    assert!(
+        theirs.len() < expected.len() / 2,
+        "conmon kept {} bytes",
+        theirs.len()
+    );
+    // podman logs reads the live file in both cases: the last lines are there.
+    assert!(t.ok(&["logs", "l1"]).ends_with("line-699\n"));
+}
+
+#[test]
+fn exit_while_podman_is_not_running_is_cleaned_up() {
+    let (t, c) = pair("bg");
+    for p in [&t, &c] {
+        let r = p.run_ctr(&["-d", "--rm", "--name", "b1"], &["sh", "-c", "sleep 1; exit 4"]);
+        assert_eq!(r.code, 0);
+        // No podman runs meanwhile: the monitor's exit command removes it.
+        wait_until(
+            Duration::from_secs(60),
+            "the exit command to remove the container",
+            || p.ok(&["ps", "-aq"]).trim().is_empty(),
+        );
+    }
+}
+
+#[test]
+fn tetherctl_serves_a_podman_container() {
+    let (t, _c) = pair("ctl");
+    let r = t.run_ctr(&["-d", "--name", "s1"], &["sleep", "100"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = t.inspect("s1", "{{.Id}}");
+    let socket = t
+        .dir
+        .join("runroot/overlay-containers")
+        .join(&id)
+        .join("userdata/tether/shim.sock");
+    let out = Command::new(binary("tetherctl"))
+        .arg("-s")
+        .arg(&socket)
+        .arg("state")
+        .output()
+        .unwrap();
+    let state = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tetherctl state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state.contains("\"status\": \"running\""), "{state}");
+    // The engine owns the lifecycle: tether refuses to delete behind its back.
+    let out = Command::new(binary("tetherctl"))
+        .arg("-s")
+        .arg(&socket)
+        .arg("delete")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the engine owns the lifecycle"));
+    t.ok(&["rm", "-f", "-t", "0", "s1"]);
+}
+
+/// Every monitor this podman started has ended (a failed create's too), once its
+/// containers are gone.
+fn assert_no_monitor_left(p: &Podman) {
+    let root = p.dir.display().to_string();
+    wait_until(Duration::from_secs(30), "the monitors to exit", || {
+        fs::read_dir("/proc").unwrap().flatten().all(|entry| {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let pid: i32 = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            !(cmdline.contains("conmon") && cmdline.contains(&root)) || pid_gone(pid)
+        })
+    });
+}
+
+/// After `podman rm`: no process, mount or runc state of container `id` is left.
+fn assert_nothing_left(id: &str) {
+    let runc = Command::new("runc").arg("list").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&runc.stdout).contains(id),
+        "runc still has {id}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(id), "a mount of {id} is left");
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let pid: i32 = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if String::from_utf8_lossy(&cmdline).contains(id) && !pid_gone(pid) {
+            panic!(
+                "process {pid} of {id} is left: {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+    }
+}
+
+/// conmon's command line run directly, with the sync and start pipes a test makes:
+/// its exit code and what it wrote on the sync pipe.
+fn direct(conmon: &Path, args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (mut sync, sync_child) = UnixStream::pair().unwrap();
+    let (mut start, start_child) = UnixStream::pair().unwrap();
+    for fd in [&sync_child, &start_child] {
+        // The child must inherit them (std makes them close-on-exec).
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    }
+    let mut child = Command::new(conmon)
+        .args(args)
+        .env("_OCI_SYNCPIPE", sync_child.as_raw_fd().to_string())
+        .env("_OCI_STARTPIPE", start_child.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop((sync_child, start_child));
+    let _ = start.write_all(&[0]);
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    sync.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut message = String::new();
+    let _ = sync.read_to_string(&mut message);
+    (code, message)
+}
+
+#[test]
+fn bad_input_is_refused_as_conmon_refuses_it() {
+    require_podman();
+    let tc = tether_conmon();
+    let stock = Path::new(STOCK_CONMON);
+    // An unknown flag: exit 1 before anything is done, no pid on the sync pipe.
+    for bin in [tc.as_path(), stock] {
+        let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", bin.display());
+    }
+    let out = Command::new(&tc).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("conmon version 2.1.6\ncommit: "));
+    // A bundle that does not exist: neither reports a pid.
+    let dir = std::env::temp_dir().join(unique_id("tp-bad"));
+    fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pidfile").display().to_string();
+    let args = [
+        "--api-version",
+        "-c",
+        "tp-bad",
+        "-u",
+        "tp-bad",
+        "-r",
+        "/usr/sbin/runc",
+        "-b",
+        "/nonexistent-bundle",
+        "-p",
+        &pidfile,
+        "-l",
+        "none",
+    ];
+    let (_, msg_t) = direct(&tc, &args);
+    let (_, msg_c) = direct(stock, &args);
+    assert!(
+        !msg_t.contains("\"data\": ") || msg_t.contains("\"data\": -1"),
+        "{msg_t}"
+    );
+    assert!(
+        !msg_c.contains("\"data\": ") || msg_c.contains("\"data\": -1"),
+        "{msg_c}"
+    );
+    assert!(
+        msg_t.contains("/nonexistent-bundle"),
+        "the sync message names the bundle: {msg_t}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exec_sessions_match_conmon() {
+    let (t, c) = pair("exec");
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "--name", "x1"], &["sleep", "1000"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let r = p.run(&[
+            "exec",
+            "x1",
+            "sh",
+            "-c",
+            "echo from-exec; sleep 0.2; echo exec-err >&2; exit 7",
+        ]);
+        seen.push(format!("{r:?}"));
+        let r = p.run_input(&["exec", "-i", "x1", "cat"], b"piped in\n");
+        seen.push(format!("{r:?}"));
+        let r = p.run(&["exec", "-d", "x1", "sh", "-c", "echo detached > /tmp/d"]);
+        seen.push(format!("exec -d {}", r.code));
+        wait_until(Duration::from_secs(30), "the detached exec", || {
+            p.run(&["exec", "x1", "cat", "/tmp/d"]).stdout == "detached\n"
+        });
+        // The container is untouched by its exec sessions.
+        seen.push(p.inspect("x1", "{{.State.Status}}"));
+        p.ok(&["rm", "-f", "-t", "0", "x1"]);
+        let r = p.run_ctr(
+            &[
+                "-d",
+                "--name",
+                "h1",
+                "--health-cmd",
+                "echo ok",
+                "--health-interval",
+                "1h",
+            ],
+            &["sleep", "1000"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        seen.push(format!(
+            "healthcheck {}",
+            p.run(&["healthcheck", "run", "h1"]).code
+        ));
+        let r = p.run_ctr(
+            &[
+                "-d",
+                "--name",
+                "h2",
+                "--health-cmd",
+                "exit 1",
+                "--health-interval",
+                "1h",
+            ],
+            &["sleep", "1000"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        seen.push(format!(
+            "failing healthcheck {}",
+            p.run(&["healthcheck", "run", "h2"]).code
+        ));
+        p.ok(&["rm", "-f", "-t", "0", "h1", "h2"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_no_monitor_left(&t);
+    assert!(a[0].contains("code: 7") && a[0].contains("from-exec\\n") && a[0].contains("exec-err\\n"));
+    assert!(a[1].contains("code: 0") && a[1].contains("piped in\\n"));
+}
+
+impl Podman {
+    /// `podman ARGS` in a real terminal (`script`), with `input` typed into it: the
+    /// exit code, and what the terminal showed (carriage returns dropped).
+    fn in_terminal(&self, args: &str, input: &[u8]) -> (i32, String) {
+        let d = self.dir.display();
+        let typescript = self.dir.join(unique_id("typescript"));
+        let line = format!(
+            "CONTAINERS_CONF={d}/containers.conf podman --root {d}/root --runroot {d}/runroot --tmpdir {d}/tmp \
+             --cgroup-manager cgroupfs --events-backend file --runtime runc {args}"
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line])
+            .arg(&typescript)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Typed ahead: the terminal holds it until the container reads it. stdin
+        // stays open until the command has ended (script ends with it).
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        drop(stdin);
+        let shown = fs::read_to_string(&typescript)
+            .unwrap_or_default()
+            .replace('\r', "");
+        let _ = fs::remove_file(&typescript);
+        (code, shown)
+    }
+}
+
+#[test]
+fn terminals_match_conmon() {
+    let (t, c) = pair("tty");
+    let u = ULIMITS.join(" ");
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let (code, shown) = p.in_terminal(
+            &format!("run -it --rm {u} {IMAGE} sh -c 'tty; echo hello-tty; exit 4'"),
+            b"",
+        );
+        seen.push(format!(
+            "run -it {code} {}",
+            shown.contains("/dev/pts/0\nhello-tty\n")
+        ));
+        let (code, shown) = p.in_terminal(
+            &format!("run -it --rm {u} {IMAGE} sh"),
+            b"echo typed-$((6*7))\nexit 6\n",
+        );
+        seen.push(format!("typed {code} {}", shown.contains("typed-42\n")));
+        let r = p.run_ctr(
+            &["-d", "-t", "--name", "tt"],
+            &["sh", "-c", "while :; do sleep 1; done"],
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        let (code, shown) = p.in_terminal("exec -it tt sh", b"echo in-exec-$((2*3))\nexit 3\n");
+        seen.push(format!("exec -it {code} {}", shown.contains("in-exec-6\n")));
+        p.ok(&["rm", "-f", "-t", "0", "tt"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_eq!(a, ["run -it 4 true", "typed 6 true", "exec -it 3 true"]);
+}
+
+#[test]
+fn a_published_port_is_held_until_exit() {
+    let (t, c) = pair("port");
+    // This issue's ports: 16000 for tether-conmon, 16001 for conmon.
+    for (p, port) in [(&t, 16000), (&c, 16001)] {
+        let publish = format!("{port}:80");
+        let r = p.run_ctr(&["-d", "--name", "w1", "-p", &publish], &["sleep", "1000"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        // podman reserved the port and handed the socket to the monitor, which holds it.
+        let monitor = p.inspect("w1", "{{.State.ConmonPid}}");
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
+            "port {port} is free while the container runs"
+        );
+        let holders = fs::read_dir(format!("/proc/{monitor}/fd")).unwrap().count();
+        assert!(holders > 3, "the monitor holds fds");
+        p.ok(&["stop", "-t", "0", "w1"]);
+        // Closed before the exit file: a restart can bind it again.
+        p.ok(&["start", "w1"]);
+        p.ok(&["rm", "-f", "-t", "0", "w1"]);
+        wait_until(Duration::from_secs(30), "the port to be free", || {
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        });
+    }
+}
