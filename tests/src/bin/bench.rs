@@ -2,8 +2,9 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]` (scripts/bench
-//! installs the peers and builds first). `--baseline` adds another tether-shim binary
+//! `bench [--quick] [--memory] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
+//! (scripts/bench installs the peers and builds first). `--memory` measures idle
+//! memory, descriptors and wakeups alone. `--baseline` adds another tether-shim binary
 //! (an earlier build) as system `base`, measured in the same run, with tether/base
 //! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
 //! interleaved with the others, as a row of its own.
@@ -103,8 +104,20 @@ fn main() {
         samples: BTreeMap::new(),
         work: work.clone(),
     };
-    let mut second = youki.map(|y| SecondRuntime::new(y, &work));
     let started = Instant::now();
+    if args.iter().any(|a| a == "--memory") {
+        // Idle memory, descriptors and wakeups alone (a few minutes).
+        let n = if quick { 5 } else { 50 };
+        b.idle_memory(n);
+        b.ctd_idle_memory(bench_containerd::TETHER_CTD, n);
+        let mut report = b.report(started.elapsed());
+        report["tether_under_containerd"] = b.containerd_front_report();
+        write_report(&out, &report);
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
+    let mut second = youki.map(|y| SecondRuntime::new(y, &work));
     // runc create is bimodal here (about 32 or 65 ms): enough runs for stable medians.
     let runs = if quick { 3 } else { 25 };
     eprintln!("bench: start latency ({runs} runs each, interleaved)");
@@ -143,16 +156,21 @@ fn main() {
     if let Some(rt) = second.take() {
         report["second_runtime"] = rt.report();
     }
-    fs::create_dir_all(&out).unwrap();
-    fs::write(
-        out.join("results.json"),
-        serde_json::to_vec_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    fs::write(out.join("ratios.svg"), svg(&report)).unwrap();
-    eprintln!("bench: wrote {}/results.json and ratios.svg", out.display());
+    write_report(&out, &report);
     drop(b);
     cleanup_leftovers(&work);
+}
+
+/// DIR/results.json and DIR/ratios.svg.
+fn write_report(out: &Path, report: &Value) {
+    fs::create_dir_all(out).unwrap();
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(report).unwrap(),
+    )
+    .unwrap();
+    fs::write(out.join("ratios.svg"), svg(report)).unwrap();
+    eprintln!("bench: wrote {}/results.json and ratios.svg", out.display());
 }
 
 /// The file system the bench's state lives on (tmpfs unless the mount failed).
@@ -305,6 +323,29 @@ fn smaps(pid: i32) -> (f64, f64, f64) {
             .unwrap_or(f64::NAN)
     };
     (field("Pss:"), field("Private_Dirty:"), field("Rss:"))
+}
+
+/// How long idle monitors are watched for wakeups (quick: the CI smoke run).
+const WAKE_WINDOW: Duration = Duration::from_secs(10);
+const QUICK_WAKE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Times any thread of `pid` was switched onto a CPU (schedstat's third field, summed
+/// over its threads): each is a wakeup.
+fn switches(pid: i32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Descriptors `pid` holds.
+fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// utime+stime of a process in seconds.
@@ -606,6 +647,15 @@ impl Bench {
                 d
             }
             "tether" | "base" => {
+                // The exec floor: the same binary exec'd to print its version and exit,
+                // timed the same way; the launch is this plus the shim's own work.
+                let t = Instant::now();
+                let v = Command::new(self.shim_bin(sys))
+                    .arg("--version")
+                    .output()
+                    .unwrap();
+                assert!(v.status.success(), "tether-shim --version: {v:?}");
+                self.record("exec_floor_ms", sys, ms(t.elapsed()));
                 let t = Instant::now();
                 let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 // The shim's own share: `tether-shim start` until its socket answers.
@@ -923,6 +973,10 @@ impl Bench {
             };
             c.create(&params).unwrap();
             c.start().unwrap();
+            if sys == "tether-log" {
+                // As CRI-O and Podman run it: the attach socket open as well.
+                c.call_value("attach", json!({})).unwrap();
+            }
             if i == 0 {
                 self.single_figures(sys, Self::tether_pid(&state));
             }
@@ -965,11 +1019,27 @@ impl Bench {
         self.record("idle_rss_kb", sys, rss);
     }
 
-    /// All `pids` idle together: per-container cost at scale.
+    /// All `pids` idle together: per-container cost at scale, and how often an idle
+    /// monitor wakes up (every thread's switches onto a CPU, over WAKE_WINDOW).
     fn memory_figures(&mut self, sys: &str, pids: &[i32]) {
         std::thread::sleep(Duration::from_millis(500)); // idle
+        let window = if self.quick {
+            QUICK_WAKE_WINDOW
+        } else {
+            WAKE_WINDOW
+        };
+        let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
+        std::thread::sleep(window);
+        let woken: u64 = pids
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| switches(*p).saturating_sub(*b))
+            .sum();
         let all: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
         let n = pids.len() as f64;
+        self.record("idle_wakeups_per_s", sys, woken as f64 / n / window.as_secs_f64());
+        let fds: usize = pids.iter().map(|p| open_fds(*p)).sum();
+        self.record("fds_per_container", sys, fds as f64 / n);
         self.record(
             "pss_per_container_kb",
             sys,
@@ -1084,6 +1154,42 @@ impl Bench {
                 m("private_dirty_per_container_kb", "tether")
                     / m("private_dirty_per_container_kb", "containerd"),
                 0.1,
+                true,
+            ),
+            (
+                "private dirty per container: tether / 100 kB",
+                m("private_dirty_per_container_kb", "tether") / 100.0,
+                1.0,
+                true,
+            ),
+            (
+                "same, CRI log + attach socket: tether / 110 kB",
+                m("private_dirty_per_container_kb", "tether-log") / 110.0,
+                1.0,
+                true,
+            ),
+            (
+                "idle wakeups per second: tether",
+                m("idle_wakeups_per_s", "tether"),
+                0.0,
+                true,
+            ),
+            (
+                "same, CRI log + attach socket: tether",
+                m("idle_wakeups_per_s", "tether-log"),
+                0.0,
+                true,
+            ),
+            (
+                "launch, exec -> socket ready: tether / 1 ms",
+                m("launch_ms", "tether"),
+                1.0,
+                true,
+            ),
+            (
+                "launch beyond the exec floor: tether / 1 ms",
+                m("launch_ms", "tether") - m("exec_floor_ms", "tether"),
+                1.0,
                 true,
             ),
             (
