@@ -2,9 +2,10 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--memory] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
+//! `bench [--quick] [--memory | --scale] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
 //! (scripts/bench installs the peers and builds first). `--memory` measures idle
-//! memory, descriptors and wakeups alone. `--baseline` adds another tether-shim binary
+//! memory, descriptors and wakeups alone; `--scale` how the costs grow with the number
+//! of containers (src/bench_scale.rs). `--baseline` adds another tether-shim binary
 //! (an earlier build) as system `base`, measured in the same run, with tether/base
 //! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
 //! interleaved with the others, as a row of its own.
@@ -105,6 +106,16 @@ fn main() {
         work: work.clone(),
     };
     let started = Instant::now();
+    if args.iter().any(|a| a == "--scale") {
+        let scale = b.scale();
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("scale.json"), serde_json::to_vec_pretty(&scale).unwrap()).unwrap();
+        fs::write(out.join("scale.svg"), bench_scale::scale_svg(&scale)).unwrap();
+        eprintln!("bench: wrote {}/scale.json and scale.svg", out.display());
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
     if args.iter().any(|a| a == "--memory") {
         // Idle memory, descriptors and wakeups alone (a few minutes).
         let n = if quick { 5 } else { 50 };
@@ -395,6 +406,9 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 // The private containerd and tether under containerd: src/bench_containerd.rs.
 #[path = "../bench_containerd.rs"]
 mod bench_containerd;
+// `--scale`: src/bench_scale.rs.
+#[path = "../bench_scale.rs"]
+mod bench_scale;
 use bench_containerd::{start_containerd, CtdBench};
 use tether_tests::containerd::Containerd;
 
@@ -493,14 +507,14 @@ impl Bench {
     }
 
     /// `tether-shim start` of system `sys` ("tether" or "base") + connect.
-    fn launch_shim(&mut self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
+    fn launch_shim(&self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
         self.launch_shim_with(sys, id, bundle, &[])
     }
 
     /// `launch_shim` with more `tether-shim start` flags, after the bench's own (a
     /// later `--runtime-root` wins).
     fn launch_shim_with(
-        &mut self,
+        &self,
         sys: &str,
         id: &str,
         bundle: &Path,
@@ -544,7 +558,7 @@ impl Bench {
 
     /// Starts conmon (api version 1, k8s-file log, exit dir), waits on its sync pipe
     /// until the container is created.
-    fn conmon_create(&mut self, id: &str, bundle: &Path) -> Conmon {
+    fn conmon_create(&self, id: &str, bundle: &Path) -> Conmon {
         let dir = self.work.join("conmon").join(id);
         let exit_dir = dir.join("exits");
         fs::create_dir_all(&exit_dir).unwrap();
