@@ -1209,7 +1209,7 @@ impl Bench {
             (
                 "start: tether/bare runc",
                 m("start_ms", "tether") / m("start_ms", "runc"),
-                1.05,
+                1.02,
                 true,
             ),
             (
@@ -1227,7 +1227,7 @@ impl Bench {
             (
                 "exit: tether/conmon",
                 m("exit_ms", "tether") / m("exit_ms", "conmon"),
-                1.0,
+                0.5,
                 true,
             ),
             (
@@ -1245,7 +1245,7 @@ impl Bench {
             (
                 "exec: tether/bare runc",
                 m("exec_ms", "tether") / m("exec_ms", "runc"),
-                1.05,
+                1.0,
                 true,
             ),
             (
