@@ -565,8 +565,10 @@ impl Bench {
         fs::create_dir_all(dir.join("sock")).unwrap();
         let log = dir.join("ctr.log");
         let mut fds = [0; 2];
+        // Close-on-exec, so that monitors started at the same time by other threads
+        // never hold this pipe (dup2 below clears the flag on conmon's fd 3).
         // SAFETY: pipe2 fills our array.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) }, 0);
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         let (r, w) = (fds[0], fds[1]);
         let mut cmd = Command::new("conmon");
         cmd.args([
@@ -599,10 +601,16 @@ impl Bench {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        // SAFETY: dup2 in the child before exec, async-signal-safe.
+        // SAFETY: dup2 and fcntl in the child before exec, async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(w, 3) < 0 {
+                // dup2 onto itself would keep close-on-exec: clear it then.
+                let ok = if w == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(w, 3)
+                };
+                if ok < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
