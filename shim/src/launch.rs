@@ -178,7 +178,7 @@ fn become_shim(
     if !keep_inherited_fds {
         close_inherited_fds();
     }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::sys::take_private_umask();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
