@@ -2,6 +2,9 @@
 # tether is checked against (containerd 2.x, cri-tools' crictl and critest), and where
 # they are. Built from the Go module proxy once, into fixed roots outside the clone, so
 # a second run (or a fresh clone on the same machine) finds them and builds nothing.
+# containerd 2.4.2: the newest 2.x release on the Go module proxy when this was written;
+# it (go.mod: go 1.26.6) and cri-tools v1.37.0 build with the installed Go 1.26, no
+# GOTOOLCHAIN needed. Built without btrfs (no C headers needed).
 CONTAINERD2_VERSION=2.4.2
 CONTAINERD2_ROOT=${TETHER_CONTAINERD2_ROOT:-/var/cache/tether/containerd-$CONTAINERD2_VERSION}
 CONTAINERD2_BIN=$CONTAINERD2_ROOT/bin

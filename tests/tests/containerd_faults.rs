@@ -192,7 +192,19 @@ fn bad_ttrpc_input_gets_error_statuses_and_the_shim_serves_on() {
 /// `containerd-shim-tether-v2 ... ACTION` in `bundle`, as containerd runs it (no
 /// TTRPC_ADDRESS: no events), bounded by `timeout` so a held pipe fails the test.
 fn shim_cli(bundle: &Path, ns: &str, state_root: &Path, action: &str) -> std::process::Output {
-    Command::new("timeout")
+    shim_cli_in(bundle, ns, state_root, action, b"")
+}
+
+/// `shim_cli` with `stdin` written to the shim's stdin (containerd's options or
+/// BootstrapParams).
+fn shim_cli_in(
+    bundle: &Path,
+    ns: &str,
+    state_root: &Path,
+    action: &str,
+    stdin: &[u8],
+) -> std::process::Output {
+    let mut child = Command::new("timeout")
         .arg("20")
         .arg(binary("containerd-shim-tether-v2"))
         .args(["-namespace", ns, "-address", "/tmp/tether-no-containerd.sock"])
@@ -200,9 +212,83 @@ fn shim_cli(bundle: &Path, ns: &str, state_root: &Path, action: &str) -> std::pr
         .current_dir(bundle)
         .env("TETHER_STATE_ROOT", state_root)
         .env_remove("TTRPC_ADDRESS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// containerd 2.3+ writes BootstrapParams to `start` and reads a BootstrapResult back:
+/// version 2 (a shim per container; 3 would make containerd send a pod's containers
+/// to its sandbox's shim), ttrpc, the socket in the socket_dir containerd named. And a
+/// deleted task's shim goes on its own when Shutdown never comes over a connection
+/// left open (some containerd 2.0/2.1 releases shut down only a pod's sandbox shim,
+/// containerd PR 11916): no shim outlives its container.
+#[test]
+fn bootstrap_protocol_and_no_shim_left_without_shutdown() {
+    tether_tests::require_root_and_runc();
+    let work = TempDir::new("tether-ctd-boot");
+    let bundle = tether_tests::BundleSpec::new(&["sleep", "1000"]).write(&work.path().join("bundle"));
+    let state_root = work.path().join("tstate");
+    let sockets = work.path().join("s");
+    let ns = unique_id("tns");
+    // BootstrapParams: instance_id (1), namespace (2), socket_dir (9).
+    let params = [
+        pb_bytes(1, b"s1"),
+        pb_bytes(2, ns.as_bytes()),
+        pb_bytes(9, sockets.to_str().unwrap().as_bytes()),
+    ]
+    .concat();
+    let out = shim_cli_in(&bundle, &ns, &state_root, "start", &params);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fields = pb_fields(&out.stdout);
+    assert!(
+        fields.contains(&(1, Ok(2))),
+        "BootstrapResult version 2: {fields:?}"
+    );
+    assert!(fields.contains(&(3, Err(b"ttrpc".to_vec()))), "{fields:?}");
+    let address = fields
+        .iter()
+        .find_map(|(n, v)| if *n == 2 { v.clone().err() } else { None })
+        .map(|a| String::from_utf8(a).unwrap())
+        .expect("an address");
+    assert!(
+        address.starts_with(&format!("unix://{}/", sockets.display())),
+        "{address} is not in the socket_dir"
+    );
+    let shim = shim_of(&ns, "s1").expect("serving shim");
+
+    let mut c = TtrpcClient::connect(&address);
+    let bundle_path = bundle.canonicalize().unwrap();
+    let create = [
+        pb_bytes(1, b"s1"),
+        pb_bytes(2, bundle_path.to_str().unwrap().as_bytes()),
+    ]
+    .concat();
+    assert_eq!(c.call("Create", &create).code, 0);
+    assert_eq!(c.call("Start", &pb_bytes(1, b"s1")).code, 0);
+    let wait = ttrpc_request(TASK, "Wait", &pb_bytes(1, b"s1"));
+    let w = c.send_frame(wait.len() as u32, 1, &wait);
+    assert_eq!(
+        c.call("Kill", &[pb_bytes(1, b"s1"), pb_uint(3, 9)].concat()).code,
+        0
+    );
+    assert_eq!(c.read_answer().stream, w);
+    let a = c.call("Delete", &pb_bytes(1, b"s1"));
+    assert_eq!(a.code, 0, "Delete: {}", a.message);
+    // No Shutdown, and the connection stays open: the shim goes anyway.
+    wait_until(
+        Duration::from_secs(10),
+        "the shim to exit without Shutdown",
+        || pid_gone(shim),
+    );
+    drop(c);
+    assert!(!Path::new(address.trim_start_matches("unix://")).exists());
+    assert!(!state_root.join(&ns).join("s1").exists());
+    let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(&ns));
 }
 
 #[test]
