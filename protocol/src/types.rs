@@ -271,6 +271,28 @@ pub struct CreateParams {
     /// Make an attach socket for the process (conmon's wire).
     #[serde(default, skip_serializing_if = "is_false")]
     pub attach: bool,
+    /// What ends the process's stdin when it is a FIFO (default: `close_stdin` only).
+    #[serde(default, skip_serializing_if = "StdinEof::is_default")]
+    pub stdin_eof: StdinEof,
+}
+
+/// What ends a process's stdin FIFO.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinEof {
+    /// Only `close_stdin`: the shim holds a writer of its own on the FIFO from the
+    /// start, so a client that goes away never gives the process EOF.
+    #[default]
+    CloseStdin,
+    /// containerd's rule: `close_stdin`, or every writer of the FIFO having come and
+    /// gone before the process started (the shim's own writer is opened only then).
+    WritersGoneBeforeStart,
+}
+
+impl StdinEof {
+    pub fn is_default(&self) -> bool {
+        *self == StdinEof::CloseStdin
+    }
 }
 
 /// CRIU options shared by checkpoint and restore.
@@ -379,6 +401,28 @@ pub struct MemoryStats {
     /// Times usage hit the limit.
     pub failcnt: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Kernel memory (v1 memory.kmem.usage_in_bytes, v2 memory.stat `kernel`).
+    #[serde(default)]
+    pub kernel_usage: Option<u64>,
+    /// Swap alone (v1 memory.memsw.usage_in_bytes less usage, v2 memory.swap.current).
+    #[serde(default)]
+    pub swap_usage: Option<u64>,
+    /// From memory.stat (v1 its hierarchical `total_` figures): page cache, anonymous
+    /// memory, mapped files, active and inactive file pages, page faults.
+    #[serde(default)]
+    pub cache: Option<u64>,
+    #[serde(default)]
+    pub rss: Option<u64>,
+    #[serde(default)]
+    pub mapped_file: Option<u64>,
+    #[serde(default)]
+    pub active_file: Option<u64>,
+    #[serde(default)]
+    pub inactive_file: Option<u64>,
+    #[serde(default)]
+    pub pgfault: Option<u64>,
+    #[serde(default)]
+    pub pgmajfault: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +466,9 @@ pub struct ExecParams {
     pub log: Option<LogParams>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub attach: bool,
+    /// What ends the process's stdin when it is a FIFO (see [`CreateParams`]).
+    #[serde(default, skip_serializing_if = "StdinEof::is_default")]
+    pub stdin_eof: StdinEof,
     /// Answer only when the process has exited, with its output (and kill it past
     /// the deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,34 +4,17 @@
 //! shim had written it, else one whose status is null: unknown, never a made-up 0)
 //! and removes the state dir.
 
-use crate::launch::LaunchOptions;
+use crate::reaper::pid_alive;
 use crate::runtime::{Runtime, RuntimeCall};
-use crate::state_dir::StateDir;
+use crate::state_dir::{read_pid, LaunchOptions, StateDir};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use tether_protocol::{ExitRecord, INIT_PROCESS};
 
-/// Alive and not a zombie.
-pub fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    // The state letter follows the ")" that ends the command name.
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
-}
-
-pub fn read_pid(path: &Path) -> Option<i32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
-    let options = read_options(&dir)?;
-    if let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) {
+    let options = dir.read_options()?;
+    if let Some(pid) = dir.live_shim() {
         return Err(format!(
             "the shim for {} is alive (pid {pid}): use its `delete` or `shutdown` instead",
             options.id
@@ -48,12 +31,6 @@ pub fn cleanup(dir: StateDir) -> Result<ExitRecord, String> {
         oom_killed: false,
         reason: Some("the shim died before recording the exit; the status is unknown".to_string()),
     }))
-}
-
-pub fn read_options(dir: &StateDir) -> Result<LaunchOptions, String> {
-    fs::read(dir.options())
-        .map_err(|e| format!("cannot read {}: {e}", dir.options().display()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", dir.options().display())))
 }
 
 /// What was left of a container whose shim is gone.

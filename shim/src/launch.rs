@@ -1,31 +1,18 @@
-//! `tether-shim start`: the launch contract. The launcher forks the long-lived shim,
-//! which detaches (setsid, child subreaper, stdio on /dev/null, log in the state dir),
-//! binds its socket, writes its pid file and only then reports ready through a pipe.
-//! The launcher prints the socket path and exits 0, or prints the shim's error and
-//! exits 1. The shim never dies with its launcher: no pdeathsig, its own session.
+//! `tether-shim start`: the launch contract. The launcher sets the shim up (log in
+//! the state dir, socket bound, options written, core and loop made), forks it, and
+//! writes its pid file; only then does it print the socket path and exit 0 (or print
+//! the error and exit 1, leaving nothing behind). The forked shim detaches (setsid,
+//! child subreaper, stdio on /dev/null) and serves. The shim never dies with its
+//! launcher: no pdeathsig, its own session.
 
 use crate::core::Core;
 use crate::fronts::jsonrpc::JsonRpc;
 use crate::reactor::Reactor;
-use crate::runtime::Runtime;
-use crate::state_dir::{self, StateDir};
-use serde::{Deserialize, Serialize};
+use crate::state_dir::{self, LaunchOptions, StateDir};
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-
-/// What the shim was started with; saved as `options.json` for `cleanup` and for
-/// daemons that rebuild their view from disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaunchOptions {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub state_dir: PathBuf,
-    pub runtime: Runtime,
-}
 
 /// glibc's per-thread cache keeps freed chunks "in use", so malloc_trim cannot give
 /// them back: off for the shim, whose idle memory is what a node pays per container.
@@ -86,8 +73,10 @@ pub struct ShimHooks {
     pub after_loop: Option<Box<dyn FnOnce(i32) -> i32>>,
 }
 
-/// Forks the shim and returns once it serves, with its state dir; or why it could
-/// not (nothing is left behind then).
+/// Sets the shim up and forks it; returns once it serves (its socket listens, its
+/// pid file is written), with its state dir; or why it could not (nothing is left
+/// behind then). Everything that can fail happens here, in the launcher, before the
+/// fork: the launcher answers without waiting for the shim to be scheduled.
 pub fn spawn(opts: LaunchOptions, extra: Option<ExtraFront>) -> Result<StateDir, String> {
     spawn_with(opts, extra, ShimHooks::default())
 }
@@ -100,40 +89,36 @@ pub fn spawn_with(
 ) -> Result<StateDir, String> {
     let dir = StateDir::new(opts.state_dir.clone());
     prepare_state_dir(&dir, &opts.id)?;
-    let (ready_r, ready_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let set_up = become_shim(&opts, &dir, extra, hooks.keep_inherited_fds);
+    let (server, null) = set_up.inspect_err(|_| {
+        let _ = fs::remove_dir_all(&dir.root);
+    })?;
     // The launcher is single-threaded here, so the child may run Rust code.
     match crate::sys::fork_single_threaded() {
-        Err(e) => Err(format!("fork: {e}")),
-        Ok(nix::unistd::ForkResult::Child) => {
-            drop(ready_r);
-            std::process::exit(run_shim(opts, dir, ready_w, extra, hooks))
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir.root);
+            Err(format!("fork: {e}"))
         }
-        Ok(nix::unistd::ForkResult::Parent { .. }) => {
-            drop(ready_w);
-            let mut answer = String::new();
-            let _ = fs::File::from(ready_r).read_to_string(&mut answer);
-            if answer == "ok" {
-                Ok(dir)
-            } else if answer.is_empty() {
-                Err(format!(
-                    "the shim exited before it was ready; see {}",
-                    dir.log().display()
-                ))
-            } else {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = run_shim(server, null, &opts, &dir);
+            std::process::exit(hooks.after_loop.map_or(code, |after| after(code)))
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            // The launcher's copies of the shim's descriptors close with it.
+            drop(server);
+            if let Err(e) = state_dir::write_atomic(&dir.shim_pid(), child.to_string().as_bytes()) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = fs::remove_dir_all(&dir.root);
-                Err(answer)
+                return Err(format!("cannot write pid file: {e}"));
             }
+            Ok(dir)
         }
     }
 }
 
 fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
     if dir.root.exists() {
-        let pid = fs::read_to_string(dir.shim_pid())
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        return Err(match pid.filter(|p| crate::cleanup::pid_alive(*p)) {
+        return Err(match dir.live_shim() {
             Some(pid) => format!("a shim for {id} is already running (pid {pid}, {})", dir.root.display()),
             None => format!(
                 "state dir {} already exists (left by a shim that died?): run `tether-shim cleanup --id {id}` first",
@@ -145,57 +130,55 @@ fn prepare_state_dir(dir: &StateDir, id: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot create state dir {}: {e}", dir.root.display()))
 }
 
-/// The shim itself, in the forked child. Returns its exit code.
-fn run_shim(
-    opts: LaunchOptions,
-    dir: StateDir,
-    ready: OwnedFd,
-    extra: Option<ExtraFront>,
-    hooks: ShimHooks,
-) -> i32 {
-    let keep = ready.as_raw_fd();
-    let mut ready = fs::File::from(ready);
-    if !hooks.keep_inherited_fds {
-        close_inherited_fds(keep);
-    }
-    match become_shim(&opts, &dir, extra) {
-        Ok(server) => {
-            let _ = ready.write_all(b"ok");
-            drop(ready);
-            crate::log!(
-                "shim {} serving {} (bundle {})",
-                std::process::id(),
-                dir.socket().display(),
-                opts.bundle.display()
-            );
-            let code = match server.run() {
-                Ok(()) => 0,
-                Err(e) => {
-                    crate::log!("event loop failed: {e}");
-                    1
-                }
-            };
-            hooks.after_loop.map_or(code, |after| after(code))
+/// The shim itself, in the forked child: it leaves the launcher's session and stdio
+/// (the caller reads the launcher's stdout to its end) and serves. Returns its exit
+/// code.
+fn run_shim(server: Box<Reactor>, null: OwnedFd, opts: &LaunchOptions, dir: &StateDir) -> i32 {
+    for fd in 0..3 {
+        if let Err(e) = nix::unistd::dup2(null.as_raw_fd(), fd) {
+            crate::log!("cannot put fd {fd} on /dev/null: {e}");
         }
+    }
+    drop(null);
+    // Neither can fail in a fresh child (it leads no process group; the option
+    // exists since Linux 3.4), but say so if one did.
+    if let Err(e) = nix::unistd::setsid() {
+        crate::log!("setsid: {e}");
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        crate::log!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    let _ = std::env::set_current_dir(&dir.root);
+    crate::log!(
+        "shim {} serving {} (bundle {})",
+        std::process::id(),
+        dir.socket().display(),
+        opts.bundle.display()
+    );
+    match server.run() {
+        Ok(()) => 0,
         Err(e) => {
-            crate::log!("startup failed: {e}");
-            let _ = ready.write_all(e.as_bytes());
+            crate::log!("event loop failed: {e}");
             1
         }
     }
 }
 
-/// Boxed, and not inlined: the idle loop runs below this frame for the shim's whole
-/// life, so nothing of the set-up may stay in it (every stack page is resident).
+/// The shim's set-up, in the launcher: its log, socket, options, core and loop, and
+/// /dev/null for its stdio. Boxed, and not inlined: the idle loop runs below the
+/// frame the shim forks from for its whole life, so nothing of the set-up may stay
+/// in it (every stack page is resident).
 #[inline(never)]
 fn become_shim(
     opts: &LaunchOptions,
     dir: &StateDir,
     extra: Option<ExtraFront>,
-) -> Result<Box<Reactor>, String> {
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    keep_inherited_fds: bool,
+) -> Result<(Box<Reactor>, OwnedFd), String> {
+    if !keep_inherited_fds {
+        close_inherited_fds();
+    }
+    crate::sys::take_private_umask();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -206,9 +189,6 @@ fn become_shim(
         .write(true)
         .open("/dev/null")
         .map_err(|e| format!("/dev/null: {e}"))?;
-    for fd in 0..3 {
-        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2: {e}"))?;
-    }
     crate::log::to_file(log);
     for signal in [nix::sys::signal::SIGPIPE, nix::sys::signal::SIGHUP] {
         crate::sys::ignore_signal(signal).map_err(|e| format!("ignoring {signal}: {e}"))?;
@@ -219,7 +199,6 @@ fn become_shim(
         _ => std::env::remove_var("GLIBC_TUNABLES"),
     }
     std::env::remove_var(SAVED_TUNABLES);
-    let _ = std::env::set_current_dir(&dir.root);
     let socket = dir.socket();
     if socket != dir.socket_link() {
         // The state dir's path is too long for a socket: it lives in the short dir,
@@ -253,23 +232,21 @@ fn become_shim(
     if let Some(add) = extra {
         add(&mut server)?;
     }
-    state_dir::write_atomic(&dir.shim_pid(), std::process::id().to_string().as_bytes())
-        .map_err(|e| format!("cannot write pid file: {e}"))?;
-    Ok(Box::new(server))
+    Ok((Box::new(server), null.into()))
 }
 
-/// Closes every fd above stderr the launcher inherited (but `keep`): the shim must hold
-/// nothing of the daemon's, or the daemon's pipes and sockets would never see EOF.
-fn close_inherited_fds(keep: i32) {
+/// Closes every fd above stderr the launcher inherited: the shim must hold nothing of
+/// the daemon's, or the daemon's pipes and sockets would never see EOF.
+fn close_inherited_fds() {
     let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd > 2 && *fd != keep)
+            .filter(|fd| *fd > 2)
             .collect(),
         Err(_) => return,
     };
     for fd in fds {
-        // Nothing in this fresh child owns these descriptors (the read_dir handle
+        // Nothing in the launcher owns these descriptors yet (the read_dir handle
         // above is already closed; closing it twice would only fail).
         let _ = nix::unistd::close(fd);
     }

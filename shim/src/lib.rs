@@ -4,7 +4,10 @@
 
 pub mod cgroup;
 pub mod cleanup;
+pub mod conmon_cli;
+pub mod containerd_cli;
 pub mod core;
+pub mod error;
 pub mod events;
 pub mod fronts;
 pub mod io;
@@ -13,6 +16,7 @@ pub mod log;
 pub mod memory;
 pub mod reactor;
 pub mod reaper;
+pub mod registry;
 pub mod runtime;
 pub mod spec;
 pub mod state_dir;

@@ -9,9 +9,9 @@
 
 use std::path::PathBuf;
 use tether_shim::cleanup;
-use tether_shim::launch::{self, LaunchOptions};
+use tether_shim::launch;
 use tether_shim::runtime::Runtime;
-use tether_shim::state_dir::{self, StateDir};
+use tether_shim::state_dir::{self, LaunchOptions, StateDir};
 
 const USAGE: &str = "usage:
   tether-shim start --id ID --bundle DIR [--runtime PATH] [--state-dir DIR | --state-root DIR]

@@ -1,117 +1,21 @@
-//! The event loop: one thread, one mio poll, and the table that says who owns each
-//! token (the signal pipe, the core, or one of the fronts). The core and the fronts
-//! register their fds through [`Io`], which hands out tokens and records the owner,
-//! so neither knows any other's tokens. Nothing in the loop blocks.
+//! The event loop: one thread, one mio poll, driving the core and the fronts. Each
+//! token's owner is recorded in [`Routes`] (see `registry`), so the loop hands every
+//! readiness event to whoever registered the fd. Nothing in the loop blocks.
 
 use crate::core::{Core, Output};
 use crate::fronts::Front;
 use crate::reaper;
+use crate::registry::{Io, Owner, Readiness, Routes};
 use crate::state_dir::StateDir;
-use mio::event::Source;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::io;
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// How long a shim that is exiting keeps trying to hand its last answers over (and
 /// what else a front still owes: events to containerd, its Shutdown).
 const EXIT_FLUSH: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    Signals,
-    Core,
-    /// The front at this index of the reactor's list.
-    Front(usize),
-}
-
-/// Token -> owner. Tokens are reused once released.
-#[derive(Default)]
-pub struct Routes {
-    owners: Vec<Option<Owner>>,
-    free: Vec<usize>,
-}
-
-impl Routes {
-    fn take(&mut self, owner: Owner) -> Token {
-        match self.free.pop() {
-            Some(i) => {
-                self.owners[i] = Some(owner);
-                Token(i)
-            }
-            None => {
-                self.owners.push(Some(owner));
-                Token(self.owners.len() - 1)
-            }
-        }
-    }
-
-    fn release(&mut self, token: Token) {
-        if let Some(slot) = self.owners.get_mut(token.0) {
-            if slot.take().is_some() {
-                self.free.push(token.0);
-            }
-        }
-    }
-
-    pub fn owner(&self, token: Token) -> Option<Owner> {
-        self.owners.get(token.0).copied().flatten()
-    }
-}
-
-/// Registration with the loop, for the core and the fronts.
-pub struct Io<'a> {
-    registry: &'a Registry,
-    routes: &'a mut Routes,
-}
-
-impl<'a> Io<'a> {
-    pub fn new(registry: &'a Registry, routes: &'a mut Routes) -> Io<'a> {
-        Io { registry, routes }
-    }
-
-    /// Watches `source` for `owner`; returns its token.
-    pub fn watch<S: Source + ?Sized>(
-        &mut self,
-        owner: Owner,
-        source: &mut S,
-        interest: Interest,
-    ) -> io::Result<Token> {
-        let token = self.routes.take(owner);
-        match self.registry.register(source, token, interest) {
-            Ok(()) => Ok(token),
-            Err(e) => {
-                self.routes.release(token);
-                Err(e)
-            }
-        }
-    }
-
-    pub fn watch_fd(&mut self, owner: Owner, fd: RawFd, interest: Interest) -> io::Result<Token> {
-        self.watch(owner, &mut SourceFd(&fd), interest)
-    }
-
-    pub fn unwatch<S: Source + ?Sized>(&mut self, source: &mut S, token: Token) {
-        let _ = self.registry.deregister(source);
-        self.routes.release(token);
-    }
-
-    pub fn unwatch_fd(&mut self, fd: RawFd, token: Token) {
-        self.unwatch(&mut SourceFd(&fd), token)
-    }
-}
-
-/// What one readiness event said.
-#[derive(Debug, Clone, Copy)]
-pub struct Readiness {
-    pub readable: bool,
-    pub writable: bool,
-    /// The peer closed both directions: nothing can reach it any more.
-    pub gone: bool,
-}
 
 pub struct Reactor {
     poll: Poll,
@@ -195,7 +99,7 @@ impl Reactor {
                     writable: event.is_writable() || event.is_write_closed(),
                     gone: event.is_write_closed() && event.is_read_closed(),
                 };
-                match io.routes.owner(token) {
+                match io.owner(token) {
                     Some(Owner::Core) => self.core.on_ready(token, &mut io),
                     Some(Owner::Front(k)) => {
                         allocated = true;

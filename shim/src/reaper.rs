@@ -1,6 +1,7 @@
 //! The one place children are reaped: after SIGCHLD, `waitpid(-1, WNOHANG)` until
 //! nothing is left. Runtime invocations, container processes and orphans reparented
-//! to the shim (it is a child subreaper) all come through here.
+//! to the shim (it is a child subreaper) all come through here. [`pid_alive`] tells
+//! whether a pid from a pid file is still a live process.
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -50,4 +51,17 @@ pub fn reap_all() -> Vec<ChildExit> {
         }
     }
     exits
+}
+
+/// Alive and not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // The state letter follows the ")" that ends the command name.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
 }

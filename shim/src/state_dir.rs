@@ -2,6 +2,8 @@
 //! A restarted daemon rebuilds its view of the container from these files alone;
 //! docs/PROTOCOL.md documents them.
 
+use crate::runtime::Runtime;
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,6 +30,21 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What the shim was started with; saved as `options.json` for `cleanup` and for
+/// daemons that rebuild their view from disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime: Runtime,
+}
+
+/// A pid file's pid, if it holds one.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +88,17 @@ impl StateDir {
     /// The launch options, so `cleanup` can find the runtime after the shim is gone.
     pub fn options(&self) -> PathBuf {
         self.root.join("options.json")
+    }
+    pub fn read_options(&self) -> Result<LaunchOptions, String> {
+        fs::read(self.options())
+            .map_err(|e| format!("cannot read {}: {e}", self.options().display()))
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", self.options().display()))
+            })
+    }
+    /// The pid in `shim.pid`, if that shim is alive.
+    pub fn live_shim(&self) -> Option<i32> {
+        read_pid(&self.shim_pid()).filter(|p| crate::reaper::pid_alive(*p))
     }
     /// `init.pid` or `exec-ID.pid`: written by the runtime.
     pub fn pid_file(&self, process: &str) -> PathBuf {

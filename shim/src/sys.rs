@@ -88,6 +88,33 @@ pub fn accept_owned(listener: RawFd) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The umask the shim was started with (its caller's), kept when the shim takes 077
+/// for its own files.
+static CALLER_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// The shim's own umask from here on: 077. The caller's is kept for what the shim
+/// runs (`with_caller_umask`).
+pub fn take_private_umask() {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    CALLER_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes `cmd` start with the caller's umask, not the shim's 077: the OCI runtime
+/// makes the container's mount points (`/mnt` for a volume at /mnt/x) with it, and
+/// they must be as a runtime run by containerd or podman makes them (0755 under 022).
+pub fn with_caller_umask(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let mask = CALLER_UMASK.load(std::sync::atomic::Ordering::Relaxed) as libc::mode_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // umask(2), which is async-signal-safe and cannot fail; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        })
+    };
+}
+
 /// Makes `cmd` start with each `(fd, target)` of `fds` at descriptor number `target`
 /// (a logging binary takes its pipes as fds 3, 4 and 5). The caller keeps every
 /// `fd` open until the spawn returns, and no `fd` is itself one of the targets.

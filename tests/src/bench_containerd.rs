@@ -234,6 +234,8 @@ impl Bench {
             "pss_per_container_kb",
             "idle_private_dirty_kb",
             "idle_pss_kb",
+            "idle_wakeups_per_s",
+            "fds_per_container",
             "binary_kb",
         ];
         println!(
@@ -269,6 +271,18 @@ impl Bench {
                 m("private_dirty_per_container_kb", TETHER_CTD)
                     / m("private_dirty_per_container_kb", RUNC_SHIM),
                 0.1,
+                true,
+            ),
+            (
+                "private dirty per container: tether-ctd / 110 kB",
+                m("private_dirty_per_container_kb", TETHER_CTD) / 110.0,
+                1.0,
+                true,
+            ),
+            (
+                "idle wakeups per second: tether-ctd",
+                m("idle_wakeups_per_s", TETHER_CTD),
+                0.0,
                 true,
             ),
             (

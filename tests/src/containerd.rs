@@ -7,20 +7,49 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// containerd's `tool` (containerd, ctr, containerd-shim-runc-v2): from the
+/// directory TETHER_CONTAINERD_BIN when set (containerd 2.x, built by `scripts/setup
+/// --cri`), else from PATH (Debian's containerd 1.6).
+pub fn containerd_tool(tool: &str) -> PathBuf {
+    match std::env::var_os("TETHER_CONTAINERD_BIN").filter(|d| !d.is_empty()) {
+        Some(dir) => Path::new(&dir).join(tool),
+        None => PathBuf::from(tool),
+    }
+}
+
 /// Fails (never skips) when containerd or ctr is missing.
 pub fn require_containerd() {
     crate::require_root_and_runc();
     for tool in ["containerd", "ctr"] {
-        let ok = Command::new(tool)
+        let path = containerd_tool(tool);
+        let ok = Command::new(&path)
             .arg("--version")
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
         assert!(
             ok,
-            "{tool} is not installed: run scripts/test (it runs `scripts/setup containerd`)"
+            "{} is not installed: run scripts/test (it runs `scripts/setup containerd`, \
+             and `scripts/setup --cri` for TETHER_CONTAINERD_BIN)",
+            path.display()
         );
     }
+}
+
+/// containerd's version (`1.6.20`, `2.4.2`), from `containerd --version`.
+pub fn containerd_version() -> (u32, u32) {
+    let out = Command::new(containerd_tool("containerd"))
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("containerd --version: {text}"));
+    let mut parts = v.trim_start_matches('v').split(['.', '~', '-', '+']);
+    let mut num = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (num(), num())
 }
 
 /// A containerd of its own under `dir`, speaking on `dir/containerd.sock`.
@@ -46,7 +75,7 @@ impl Containerd {
         let sock = dir.join("containerd.sock");
         let config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.tracing.processor.v1.otlp\", \"io.containerd.internal.v1.tracing\"]\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.nri.v1.nri\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.tracing.processor.v1.otlp\", \"io.containerd.internal.v1.tracing\"]\n\
              [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n",
             d = dir.display(),
             s = sock.display()
@@ -70,8 +99,21 @@ impl Containerd {
             .append(true)
             .open(self.dir.join("containerd.log"))
             .expect("containerd.log");
-        let level = if self.debug { "debug" } else { "info" };
-        let child = Command::new("containerd")
+        // containerd 2.x logs forwarded events at trace level (1.6 at debug).
+        let level = match (self.debug, containerd_version().0) {
+            (false, _) => "info",
+            (true, 0 | 1) => "debug",
+            (true, _) => "trace",
+        };
+        let mut cmd = Command::new(containerd_tool("containerd"));
+        // Its own containerd-shim-runc-v2 first on its PATH.
+        if let Some(dir) = std::env::var_os("TETHER_CONTAINERD_BIN").filter(|d| !d.is_empty()) {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![PathBuf::from(dir)];
+            dirs.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        }
+        let child = cmd
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .args(["--log-level", level])
@@ -96,7 +138,7 @@ impl Containerd {
 
     /// `ctr -a SOCK -n NAMESPACE`.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(containerd_tool("ctr"));
         c.arg("-a").arg(&self.sock).args(["-n", &self.namespace]);
         c
     }

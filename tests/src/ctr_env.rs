@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// containerd's own runc shim (containerd-shim-runc-v2), the reference.
+pub const STOCK_RUNTIME: &str = "io.containerd.runc.v2";
+
 pub struct Env {
     pub work: TempDir,
     pub ctd: Containerd,
@@ -42,9 +45,15 @@ impl Env {
 
     /// `ctr run --runtime TETHER --rootfs BUSYBOX EXTRA... ID ARGS...`.
     pub fn run(&self, extra: &[&str], id: &str, args: &[&str]) -> Command {
+        self.run_on(&self.runtime, extra, id, args)
+    }
+
+    /// [`Env::run`] on another runtime: containerd's own shim is
+    /// [`STOCK_RUNTIME`].
+    pub fn run_on(&self, runtime: &str, extra: &[&str], id: &str, args: &[&str]) -> Command {
         let mut c = self.ctd.ctr();
         // `--rootfs` is a switch: the rootfs directory is the first argument.
-        c.args(["run", "--runtime", &self.runtime])
+        c.args(["run", "--runtime", runtime])
             .args(extra)
             .args(["--rootfs", &self.rootfs, id])
             .args(args);

@@ -621,3 +621,49 @@ pub fn rejoin_cri_logs(files: &[PathBuf]) -> (StreamSum, StreamSum, u64) {
     }
     (out, err, records)
 }
+
+/// Busy loops that keep the machine loaded while they live (`sh -c 'while :; do :;
+/// done'`), killed on drop: the "under load" half of a test.
+pub struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    pub fn start(n: usize) -> Hogs {
+        Hogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Reads `path` (a FIFO) to its end at about `bytes_per_sec`: a slow reader.
+pub fn read_fifo_slowly(path: &Path, bytes_per_sec: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).expect("open fifo");
+    let chunk = 16 << 10;
+    let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_sec as f64);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read {}: {e}", path.display()),
+        }
+        std::thread::sleep(pause);
+    }
+}

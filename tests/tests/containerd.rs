@@ -1,7 +1,8 @@
-//! tether under a real containerd (1.6 here), driven by `ctr`: each test starts a
-//! private containerd (own root, state, sockets; CRI off; tests/src/ctr_env.rs) whose
-//! runtime is containerd-shim-tether-v2 given by absolute path. What ctr 1.6 cannot
-//! do (Update) is spoken to the shim's task socket directly, as containerd does.
+//! tether under a real containerd (Debian's 1.6.20; 2.4.2 with TETHER_CONTAINERD_BIN),
+//! driven by `ctr`: each test starts a private containerd (own root, state, sockets;
+//! CRI off; tests/src/ctr_env.rs) whose runtime is containerd-shim-tether-v2 given by
+//! absolute path. What ctr 1.6 cannot do (Update) is spoken to the shim's task socket
+//! directly, as containerd does.
 //! Faults and bad input: containerd_faults.rs.
 
 use std::fs;
@@ -442,4 +443,87 @@ fn checkpoint_reaches_the_runtime_and_containerd_hears_task_checkpointed() {
     e.ctd.ctr_ok(&["task", "rm", "cp1"]);
     e.ctd.ctr_ok(&["container", "rm", "cp1"]);
     e.assert_clean("cp1", None);
+}
+
+/// containerd's runtime options (a runtime's `options` table in containerd's config;
+/// here ctr's `--runtime-config-path`, the same `runtimeoptions.v1.Options`) choose
+/// the OCI runtime (`BinaryName`) and its root (`Root`, joined with the namespace as
+/// containerd's runc shim does), for every runtime call, `delete` after the shim too.
+#[test]
+fn runtime_options_choose_the_runtime_and_its_root() {
+    let e = Env::start();
+    let root = e.work.path().join("runc-root");
+    let calls = e.work.path().join("runtime-calls");
+    let wrapper = e.work.path().join("runc-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = e.work.path().join("options.toml");
+    fs::write(
+        &config,
+        format!(
+            "BinaryName = '{}'\nRoot = \"{}\"\n",
+            wrapper.display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let fifo_dir = e.fifo_dir();
+    let out = e
+        .ctd
+        .ctr()
+        .args([
+            "run",
+            "-d",
+            "--runtime",
+            &e.runtime,
+            "--runtime-config-path",
+            &config,
+        ])
+        .args([
+            "--fifo-dir",
+            &fifo_dir,
+            "--rootfs",
+            &e.rootfs,
+            "o1",
+            "/bin/sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = root.join(&e.ctd.namespace).join("o1");
+    assert!(
+        state.join("state.json").exists(),
+        "no runc state in {}",
+        state.display()
+    );
+    let logged = fs::read_to_string(&calls).unwrap();
+    let want = format!("--root {}", root.join(&e.ctd.namespace).display());
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains(&want) && l.contains(" create ")),
+        "{logged}"
+    );
+    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "o1"]);
+    wait_until(Duration::from_secs(10), "o1 to stop", || {
+        task_status(&e.ctd, "o1").as_deref() == Some("STOPPED")
+    });
+    e.ctd.ctr_ok(&["task", "rm", "o1"]);
+    e.ctd.ctr_ok(&["container", "rm", "o1"]);
+    assert!(!state.exists(), "runc state {} left", state.display());
+    e.assert_clean("o1", None);
 }

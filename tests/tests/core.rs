@@ -446,3 +446,69 @@ fn stdout_and_stderr_into_one_file_interleave_without_overwriting() {
     want.sort();
     assert_eq!(lines, want, "{text:?}");
 }
+
+#[test]
+fn every_tetherctl_command_answers_help_with_its_usage() {
+    let commands = [
+        "launch",
+        "list",
+        "hello",
+        "state",
+        "pids",
+        "create",
+        "start",
+        "exec",
+        "kill",
+        "wait",
+        "resize",
+        "close-stdin",
+        "events",
+        "logs",
+        "attach",
+        "reopen-log",
+        "delete",
+        "pause",
+        "resume",
+        "stats",
+        "update",
+        "checkpoint",
+        "shutdown",
+        "call",
+        "run",
+    ];
+    for command in commands {
+        for flag in ["--help", "-h"] {
+            // No shim is named: help must not need one.
+            let out = Command::new(binary("tetherctl"))
+                .args([command, flag])
+                .env_remove("TETHER_SOCKET")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "tetherctl {command} {flag}: {out:?}");
+            assert!(
+                text.starts_with("usage: tetherctl ") && text.split_whitespace().any(|w| w == command),
+                "tetherctl {command} {flag} printed {text:?}"
+            );
+        }
+    }
+    // After `--` the words are the process's own.
+    let out = Command::new(binary("tetherctl"))
+        .args([
+            "-s",
+            "/nonexistent/tether.sock",
+            "exec",
+            "e1",
+            "--",
+            "sh",
+            "--help",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let out = Command::new(binary("tetherctl"))
+        .args(["bogus", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}

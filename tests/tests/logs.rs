@@ -490,3 +490,56 @@ fn tetherctl_attach_relays_both_ways() {
     assert_eq!(line, "you said hello\n");
     assert_eq!(ctl.wait().unwrap().code(), Some(0));
 }
+
+// A client that reads packet by packet at about 2 MB/s, as CRI-O and Podman read,
+// on a machine kept busy: it gets every byte of 12 MiB and is never cut off (the
+// process waits for it); the shim's memory stays bounded.
+#[test]
+fn a_slow_attach_reader_gets_every_byte() {
+    let _load = Hogs::start(2);
+    let shim = Shim::launch(&BundleSpec::new(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 384 ]; do head -c 32767 /dev/zero | tr '\\0' y; echo; i=$((i+1)); done",
+    ]));
+    let mut c = shim.client();
+    c.set_timeout(Some(T)).unwrap();
+    let created = c
+        .create(&CreateParams {
+            stdin: Some("/dev/null".into()),
+            log: Some(log_params(&shim.work.path().join("log"), None)),
+            attach: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let path = created.stdio.attach.clone().expect("an attach socket");
+    let fd = connect_seqpacket(&path);
+    let reader = std::thread::spawn(move || {
+        let (mut out, mut buf) = (StreamSum::default(), vec![0u8; 8193]);
+        loop {
+            // SAFETY: recv into our own buffer on a socket we own.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
+            match (n, buf[0]) {
+                (0, _) => return out,
+                (_, 2) => out.feed(&buf[1..n as usize]),
+                (_, 4) => panic!("cut off: {}", String::from_utf8_lossy(&buf[1..n as usize])),
+                (_, other) => panic!("unexpected stream byte {other}"),
+            }
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    c.start().unwrap();
+    let exit = c.wait(None).unwrap();
+    assert_eq!(exit.status, Some(0));
+    let got = reader.join().unwrap();
+    let mut want = StreamSum::default();
+    let line = format!("{}\n", "y".repeat(32767));
+    for _ in 0..384 {
+        want.feed(line.as_bytes());
+    }
+    assert_eq!(got, want, "the slow reader missed output");
+    let peak = proc_status_kb(shim.pid(), "VmHWM");
+    assert!(peak < 24 << 10, "the shim's peak RSS was {peak} kB");
+}

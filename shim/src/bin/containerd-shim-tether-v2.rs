@@ -2,5 +2,5 @@
 //! (`runtime_type = "io.containerd.tether.v2"`). See docs/CONTAINERD.md.
 
 fn main() {
-    std::process::exit(tether_shim::fronts::containerd::cli::main());
+    std::process::exit(tether_shim::containerd_cli::main());
 }

@@ -2,5 +2,5 @@
 //! (containers.conf `[engine] conmon_path`). See docs/CONMON.md.
 
 fn main() {
-    std::process::exit(tether_shim::fronts::conmon::cli::main());
+    std::process::exit(tether_shim::conmon_cli::main());
 }

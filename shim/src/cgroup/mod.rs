@@ -102,6 +102,17 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
+    /// Thaws a frozen cgroup (`freezer.state` on v1, `cgroup.freeze` on v2), as
+    /// runc does after a SIGKILL to a paused container: a frozen process cannot die.
+    pub fn thaw(&self) -> Result<(), String> {
+        let (file, value) = match (self.v1("freezer"), self.v2_for("freezer")) {
+            (Some(dir), _) => (dir.join("freezer.state"), "THAWED"),
+            (None, Some(dir)) => (dir.join("cgroup.freeze"), "0"),
+            (None, None) => return Err("no freezer cgroup found".to_string()),
+        };
+        fs::write(&file, value).map_err(|e| format!("cannot thaw {}: {e}", file.display()))
+    }
+
     pub(crate) fn v1(&self, controller: &str) -> Option<&Path> {
         self.v1.get(controller).map(PathBuf::as_path)
     }

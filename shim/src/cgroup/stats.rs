@@ -8,6 +8,43 @@ use tether_protocol::Stats;
 const V1_UNLIMITED: u64 = 1 << 62;
 /// USER_HZ: the unit of cpuacct.stat.
 const USER_HZ_NS: u64 = 10_000_000;
+/// memory.stat keys for cache, rss, mapped_file, active_file, inactive_file, pgfault,
+/// pgmajfault: v1 (after `total_`) and v2.
+const MEMORY_STAT_V1: [&str; 7] = [
+    "cache",
+    "rss",
+    "mapped_file",
+    "active_file",
+    "inactive_file",
+    "pgfault",
+    "pgmajfault",
+];
+const MEMORY_STAT_V2: [&str; 7] = [
+    "file",
+    "anon",
+    "file_mapped",
+    "active_file",
+    "inactive_file",
+    "pgfault",
+    "pgmajfault",
+];
+
+/// `key value` of memory.stat's text.
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Fills the memory.stat figures of `s` from the file's text, keys `prefix + keys[i]`.
+fn memory_stat(s: &mut Stats, text: Option<String>, prefix: &str, keys: [&str; 7]) {
+    let Some(text) = text else {
+        return;
+    };
+    let v = |i: usize| stat_value(&text, &format!("{prefix}{}", keys[i]));
+    let m = &mut s.memory;
+    (m.cache, m.rss, m.mapped_file) = (v(0), v(1), v(2));
+    (m.active_file, m.inactive_file, m.pgfault, m.pgmajfault) = (v(3), v(4), v(5), v(6));
+}
 
 impl Cgroup {
     pub fn stats(&self) -> Stats {
@@ -37,11 +74,19 @@ impl Cgroup {
             s.memory.limit = read_u64(&d.join("memory.limit_in_bytes")).filter(|l| *l < V1_UNLIMITED);
             s.memory.max_usage = read_u64(&d.join("memory.max_usage_in_bytes"));
             s.memory.failcnt = read_u64(&d.join("memory.failcnt"));
+            s.memory.kernel_usage = read_u64(&d.join("memory.kmem.usage_in_bytes"));
+            s.memory.swap_usage = read_u64(&d.join("memory.memsw.usage_in_bytes"))
+                .map(|memsw| memsw.saturating_sub(s.memory.usage.unwrap_or(0)));
+            memory_stat(&mut s, read(&d.join("memory.stat")), "total_", MEMORY_STAT_V1);
         } else if let Some(d) = self.v2_for("memory") {
             s.memory.usage = read_u64(&d.join("memory.current"));
             s.memory.limit = read_u64(&d.join("memory.max"));
             s.memory.max_usage = read_u64(&d.join("memory.peak"));
             s.memory.failcnt = keyed(&d.join("memory.events"), "max");
+            s.memory.swap_usage = read_u64(&d.join("memory.swap.current"));
+            let stat = read(&d.join("memory.stat"));
+            s.memory.kernel_usage = stat.as_deref().and_then(|t| stat_value(t, "kernel"));
+            memory_stat(&mut s, stat, "", MEMORY_STAT_V2);
         }
         s.memory.oom_kills = self.oom_kills();
         let pids = self.v1("pids").or_else(|| self.v2_for("pids"));

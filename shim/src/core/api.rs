@@ -5,7 +5,6 @@
 //! them), so the JSON front needs no conversion.
 
 use serde::Serialize;
-use std::fmt;
 use std::rc::Rc;
 use tether_protocol::*;
 
@@ -58,51 +57,7 @@ pub enum Answer {
     Empty(Empty),
 }
 
-/// Why a call failed, in the core's own terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidParams,
-    NotFound,
-    AlreadyExists,
-    WrongState,
-    RuntimeFailed,
-    InvalidBundle,
-    StdioFailed,
-    /// A replay asked for events that are no longer kept.
-    EventsCompacted,
-    /// The event log does not hold every event of the range asked for.
-    EventsMissing,
-    /// A bound was reached (pending calls of one client...).
-    LimitExceeded,
-    ShuttingDown,
-    /// The shim failed at something of its own (state dir I/O...).
-    Internal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoreError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl CoreError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CoreError {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for CoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-pub fn err(kind: ErrorKind, message: impl Into<String>) -> CoreError {
-    CoreError::new(kind, message)
-}
+pub use crate::error::{err, CoreError, ErrorKind};
 
 pub type CallResult = Result<Answer, CoreError>;
 

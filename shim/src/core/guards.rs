@@ -5,7 +5,9 @@
 use super::ops::OpKind;
 use super::process::{Life, Stage};
 use super::{err, Core, CoreError, ErrorKind};
+use crate::io::cri_log::CriLog;
 use std::path::{Path, PathBuf};
+use tether_protocol::LogParams;
 use tether_protocol::{ContainerStatus, INIT_PROCESS};
 
 /// How `delete` of the container goes, once allowed.
@@ -210,7 +212,35 @@ impl Core {
 impl Core {
     /// Output and input targets may not be the shim's own files: a client that named
     /// `events.jsonl` as stdout would corrupt the event log.
-    pub(super) fn check_stdio_targets(&self, specs: [&Option<String>; 4]) -> Result<(), CoreError> {
+    /// The stdio a create or exec asks for fits: absolute paths, none inside the
+    /// state dir, a log whose parameters make sense (all `invalid_params`; a path
+    /// that cannot be opened or made is `stdio_failed`, later).
+    pub(super) fn check_stdio_params(
+        &self,
+        stdin: &Option<String>,
+        stdout: &Option<String>,
+        stderr: &Option<String>,
+        log: Option<&LogParams>,
+    ) -> Result<(), CoreError> {
+        if let Some(log) = log {
+            CriLog::check(log).map_err(|m| err(ErrorKind::InvalidParams, m))?;
+        }
+        let log_path = log.map(|l| l.path.clone());
+        for (stream, spec) in ["stdin", "stdout", "stderr"]
+            .into_iter()
+            .zip([stdin, stdout, stderr])
+        {
+            if let Some(p) = spec.as_deref().filter(|p| !p.starts_with('/')) {
+                return Err(err(
+                    ErrorKind::InvalidParams,
+                    format!("{stream} path {p:?} is not absolute"),
+                ));
+            }
+        }
+        self.check_stdio_targets([stdin, stdout, stderr, &log_path])
+    }
+
+    fn check_stdio_targets(&self, specs: [&Option<String>; 4]) -> Result<(), CoreError> {
         let root = self
             .dir
             .root

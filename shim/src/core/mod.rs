@@ -24,8 +24,8 @@ mod tests;
 pub use api::*;
 
 use crate::events::{EventLog, ReplayError, Stored};
-use crate::reactor::Io;
 use crate::reaper::ChildExit;
+use crate::registry::Io;
 use crate::runtime::{Runtime, Spawn};
 use crate::state_dir::StateDir;
 use mio::Token;

@@ -3,7 +3,7 @@
 
 use super::Core;
 use crate::cgroup::{read_oom_kills, Cgroup, OomNotifier};
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use std::fs;
 use tether_protocol::EventBody;

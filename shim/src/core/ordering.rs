@@ -2,18 +2,21 @@
 //! place:
 //! - start before exit: a process's start event precedes its exit, even when it
 //!   exits before the runtime call that starts it returns;
-//! - exit after output: its exit waits until its output has been relayed to the end
-//!   (or a grace period, if something else holds its pipe open);
+//! - exit after output: its exit waits until its output has been relayed to the end;
+//!   a pipe that something else holds open (a process that outlived it) gets a grace
+//!   period, but only while nothing is waiting in it: output behind a slow reader is
+//!   never cut off, however long it takes;
 //! - init last: init's exit waits for the exit of every exec;
 //! - OOM first: an `oom` event precedes the exit of the process it killed.
 
 use super::process::Process;
 use super::Core;
-use crate::reactor::Io;
+use crate::registry::Io;
 use std::time::{Duration, Instant};
 
-/// How long an exit waits for its output pipes to reach EOF: past it, something that
-/// outlived the process holds them, and the exit goes out without waiting further.
+/// How long an exit waits for its output pipes to reach EOF while nothing is waiting
+/// in them: past it, something that outlived the process holds them open and silent,
+/// and the exit goes out without waiting further (the relay carries on).
 pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why an exit is (not yet) publishable.
@@ -23,10 +26,11 @@ pub enum Verdict {
     Nothing,
     /// Its start call has not returned.
     AwaitStart,
-    /// Its output is still flowing, within the grace period.
+    /// Its output is still flowing: within the grace period, or bytes wait in it.
     AwaitOutput,
     Publish,
-    /// Publish, though its output is still open (the grace period is over).
+    /// Publish, though its output is still open (held open and silent past the grace
+    /// period).
     PublishOutputOpen,
 }
 
@@ -40,10 +44,10 @@ pub fn verdict(p: &Process, now: Instant) -> Verdict {
     }
     if p.io.output_drained() {
         Verdict::Publish
-    } else if now >= reaped_at + OUTPUT_GRACE {
-        Verdict::PublishOutputOpen
-    } else {
+    } else if now < reaped_at + OUTPUT_GRACE || p.io.output_waiting() {
         Verdict::AwaitOutput
+    } else {
+        Verdict::PublishOutputOpen
     }
 }
 
@@ -54,13 +58,14 @@ pub fn execs_settled<'a>(mut execs: impl Iterator<Item = &'a Process>) -> bool {
 }
 
 /// The earliest grace deadline among exits still waiting for their output, or drop
-/// report due.
+/// report due. An exit whose output has bytes waiting needs no timer: the relay's
+/// progress wakes the loop, and the grace is looked at again then.
 pub fn next_deadline<'a>(procs: impl Iterator<Item = &'a Process>) -> Option<Instant> {
     procs
         .flat_map(|p| {
             let grace = p
                 .exit_reaped_at()
-                .filter(|_| p.exit_unblocked_by_start())
+                .filter(|_| p.exit_unblocked_by_start() && !p.io.output_waiting())
                 .map(|t| t + OUTPUT_GRACE);
             grace.into_iter().chain(p.io.due())
         })
@@ -74,7 +79,8 @@ impl Core {
         let now = Instant::now();
         for proc in self.init.iter_mut().chain(self.execs.values_mut()) {
             report_drops(proc, now, false, &mut self.out);
-            proc.io.trim(now);
+            let exited = proc.has_exited();
+            proc.io.on_tick(now, exited, io);
         }
         if self.processes().any(|p| p.exit_reaped_at().is_some()) {
             // An OOM kill is published before the exit it caused: look once more

@@ -5,7 +5,7 @@
 
 use super::testing::{fake_core, Recorded};
 use super::*;
-use crate::reactor::Routes;
+use crate::registry::Routes;
 use mio::Poll;
 use std::fs;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! another connection brings, so accepting is retried on a timer until it works.
 
 use super::peer_allowed;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
 use std::io;

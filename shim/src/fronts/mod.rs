@@ -10,7 +10,7 @@ pub mod listener;
 pub mod out_queue;
 
 use crate::core::{Core, Output};
-use crate::reactor::{Io, Readiness};
+use crate::registry::{Io, Readiness};
 use mio::Token;
 use std::time::Instant;
 

@@ -3,26 +3,32 @@
 //! read): each output packet is one byte naming the stream (2 stdout, 3 stderr) and
 //! at most 8192 bytes of it; an input packet is raw bytes for stdin.
 //!
-//! No client ever holds anything up: each has a bounded queue, and one that falls
-//! past it is cut off: it gets no more output, only a last packet with the reason
-//! (stream byte 4, which Podman and CRI-O log and ignore), sent when its socket takes
-//! it, then EOF; the process, its log and the other clients carry on. When the
-//! process's output ends, each client gets what is queued for it, then EOF.
+//! A client that reads, however slowly, gets every byte: while one has more than
+//! [`QUEUE_BOUND`] queued, the process's output is not read (it waits, as it would
+//! behind conmon or containerd), so memory stays bounded. A client that reads nothing
+//! for [`STALL`] while it holds output back is cut off: it gets no more output, only
+//! a last packet with the reason (stream byte 4, which Podman and CRI-O log and
+//! ignore), sent when its socket takes it, then EOF; the process, its log and the
+//! other clients carry on. When the process's output ends, each client gets what is
+//! queued for it (the exit waits for that, up to a stall), then EOF.
 
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Payload bytes per packet (conmon's STDIO_BUF_SIZE).
 pub const PACKET_PAYLOAD: usize = 8192;
-/// Bytes queued for one client before it counts as stuck (beyond what its socket
-/// buffer holds): room for a reader that is descheduled for a moment.
-pub const MAX_CLIENT_QUEUE: usize = 8 << 20;
+/// Bytes queued for one client (beyond what its socket buffer holds) past which the
+/// process's output waits for it.
+pub const QUEUE_BOUND: usize = 1 << 20;
+/// A client holding output back that reads nothing for this long is cut off.
+pub const STALL: Duration = Duration::from_secs(5);
 /// Stream byte of the shim's last word to a client it disconnects.
 pub const CONTROL: u8 = 4;
 /// conmon's CONN_SOCK_BUF_SIZE: the largest input packet read at once.
@@ -37,6 +43,8 @@ struct Client {
     pending_input: Vec<u8>,
     /// No more output for it: it goes once what is queued (its reason) is sent.
     cut: bool,
+    /// When its socket last took a packet (or it connected).
+    progress_at: Instant,
     /// It shut down its sending side (podman does, its stdin done or never read):
     /// no more input, but it still gets the output until it closes.
     input_done: bool,
@@ -54,6 +62,9 @@ pub struct AttachHub {
     stdin_owner: Option<Token>,
     /// The output is over: no new clients; each goes once its queue is sent.
     closing: bool,
+    /// `close_stdin` came: input already read still goes to stdin, then it closes;
+    /// new input is refused.
+    stdin_closing: bool,
     /// conmon's rule (tether-conmon): a client that stops writing closes stdin.
     eof_closes_stdin: bool,
     /// A client stopped writing under that rule: stdin is to be closed.
@@ -89,6 +100,7 @@ impl AttachHub {
             stdin: None,
             stdin_owner: None,
             closing: false,
+            stdin_closing: false,
             eof_closes_stdin: false,
             stdin_eof: false,
             stdin_expected: false,
@@ -135,9 +147,17 @@ impl AttachHub {
         std::mem::take(&mut self.stdin_eof)
     }
 
-    /// The process's stdin was closed (`close_stdin`): attach input has nowhere to go.
+    /// `close_stdin`: input the hub has already read from clients still reaches the
+    /// process; then the hub's descriptor on stdin goes, and new input is refused.
     pub fn close_stdin(&mut self, io: &mut Io<'_>) {
         self.stdin_expected = false;
+        self.stdin_closing = true;
+        if self.clients.iter().all(|c| c.pending_input.is_empty()) {
+            self.drop_stdin(io);
+        }
+    }
+
+    fn drop_stdin(&mut self, io: &mut Io<'_>) {
         if let Some((fd, Some(token))) = self.stdin.take() {
             io.unwatch_fd(fd.as_raw_fd(), token);
         }
@@ -178,6 +198,7 @@ impl AttachHub {
                             queued: 0,
                             pending_input: Vec::new(),
                             cut: false,
+                            progress_at: Instant::now(),
                             input_done: false,
                         }),
                         Err(e) => crate::log!("cannot watch an attach client: {e}"),
@@ -200,7 +221,11 @@ impl AttachHub {
             return self.remove(i, io);
         }
         if !client.cut && !client.input_done {
-            if let Err(reason) = self.take_input(i, io) {
+            let taken = self.take_input(i, io);
+            if self.stdin_closing && self.clients.iter().all(|c| c.pending_input.is_empty()) {
+                self.drop_stdin(io);
+            }
+            if let Err(reason) = taken {
                 return self.cut_off(i, io, reason);
             }
         }
@@ -264,6 +289,7 @@ impl AttachHub {
                     }
                     return Ok(());
                 }
+                Ok(_) if self.stdin_closing => return Err(Some("the process's stdin is closed".to_string())),
                 Ok(n) => {
                     if *self.stdin_owner.get_or_insert(client.token) != client.token {
                         return Err(Some("stdin is held by another attach client".to_string()));
@@ -278,8 +304,45 @@ impl AttachHub {
         }
     }
 
-    /// Output of `stream` to every client, in packets; a client past its bound is cut
-    /// off.
+    /// A client has more than [`QUEUE_BOUND`] queued: the output must wait.
+    pub fn holding_back(&self) -> bool {
+        self.clients.iter().any(|c| !c.cut && c.queued > QUEUE_BOUND)
+    }
+
+    /// Output is queued for a client that is still served.
+    pub fn output_queued(&self) -> bool {
+        self.clients.iter().any(|c| !c.cut && c.queued > 0)
+    }
+
+    /// When a client holding something back (over its bound, or, once the output
+    /// has ended, anything) counts as stalled if it reads nothing until then.
+    pub fn stall_deadline(&self, output_ended: bool) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter(|c| !c.cut && (c.queued > QUEUE_BOUND || (output_ended && c.queued > 0)))
+            .map(|c| c.progress_at + STALL)
+            .min()
+    }
+
+    /// Cuts off the clients stalled by `now`; true if any was.
+    pub fn cut_stalled(&mut self, now: Instant, output_ended: bool, io: &mut Io<'_>) -> bool {
+        let mut cut = false;
+        while let Some(i) = self.clients.iter().position(|c| {
+            !c.cut
+                && (c.queued > QUEUE_BOUND || (output_ended && c.queued > 0))
+                && now >= c.progress_at + STALL
+        }) {
+            let reason = format!(
+                "attach client too slow: it read nothing for {STALL:?} with {} bytes of output queued",
+                self.clients[i].queued
+            );
+            self.cut_off(i, io, Some(reason));
+            cut = true;
+        }
+        cut
+    }
+
+    /// Output of `stream` to every client, in packets (see [`QUEUE_BOUND`]).
     pub fn broadcast(&mut self, stream: Stream, chunk: &[u8], io: &mut Io<'_>) {
         let id = match stream {
             Stream::Stdin => 1,
@@ -300,16 +363,7 @@ impl AttachHub {
                 client.queued += packet.len();
                 client.out.push_back(packet);
             }
-            let token = client.token;
-            let kept = if client.queued > MAX_CLIENT_QUEUE {
-                let reason =
-                    format!("attach client too slow: more than {MAX_CLIENT_QUEUE} bytes of output queued");
-                self.cut_off(i, io, Some(reason));
-                self.clients.get(i).is_some_and(|c| c.token == token)
-            } else {
-                self.flush_or_drop(i, io)
-            };
-            if kept {
+            if self.flush_or_drop(i, io) {
                 i += 1;
             }
         }
@@ -354,7 +408,7 @@ impl AttachHub {
             return;
         }
         self.closing = true;
-        self.close_stdin(io);
+        self.drop_stdin(io);
         io.unwatch_fd(self.listener.as_raw_fd(), self.listener_token);
         let _ = std::fs::remove_file(&self.path);
         let mut i = 0;
@@ -399,6 +453,7 @@ fn flush(client: &mut Client) -> Result<(), Option<String>> {
             Ok(_) => {
                 client.queued -= packet.len();
                 client.out.pop_front();
+                client.progress_at = Instant::now();
             }
             Err(Errno::EAGAIN) => return Ok(()),
             Err(Errno::EINTR) => continue,

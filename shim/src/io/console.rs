@@ -3,7 +3,7 @@
 //! listener and the accepted connection are both loop sources) and sizes it with
 //! TIOCSWINSZ.
 
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
 use nix::errno::Errno;

@@ -56,6 +56,12 @@ impl<'a> Record<'a> {
     fn len(&self) -> usize {
         self.a.len() + self.b.len()
     }
+
+    /// The process's bytes this record stands for: its content, and for `F` the
+    /// newline that ended the line. What a dropped record costs, exactly.
+    fn written_by_process(&self) -> usize {
+        self.len() + usize::from(self.tag == b'F')
+    }
 }
 
 /// The line `a`+`b` as records: `P` of `max` bytes while more than `max` remain, then
@@ -89,20 +95,27 @@ fn index(stream: Stream) -> usize {
 }
 
 impl CriLog {
-    pub fn open(p: &LogParams) -> Result<CriLog, String> {
+    /// The log's parameters make sense (checked before anything is opened: a
+    /// mistake here is the client's, `invalid_params`).
+    pub fn check(p: &LogParams) -> Result<(), String> {
         if !p.path.starts_with('/') {
             return Err(format!("log path {:?} is not absolute", p.path));
         }
-        let max_line = p.max_line.unwrap_or(DEFAULT_MAX_LINE);
-        if max_line == 0 {
+        if p.max_line == Some(0) {
             return Err("log max_line must be at least 1".to_string());
         }
-        let max_files = p.max_files.unwrap_or(DEFAULT_MAX_FILES);
-        if p.max_size.unwrap_or(0) > 0 && max_files < 2 {
+        if p.max_size.unwrap_or(0) > 0 && p.max_files.unwrap_or(DEFAULT_MAX_FILES) < 2 {
             return Err(
                 "log max_files must be at least 2 to rotate (the log and one rotated file)".to_string(),
             );
         }
+        Ok(())
+    }
+
+    pub fn open(p: &LogParams) -> Result<CriLog, String> {
+        Self::check(p)?;
+        let max_line = p.max_line.unwrap_or(DEFAULT_MAX_LINE);
+        let max_files = p.max_files.unwrap_or(DEFAULT_MAX_FILES);
         let path = PathBuf::from(&p.path);
         let (file, size) = open_append(&path)?;
         Ok(CriLog {
@@ -191,9 +204,8 @@ impl CriLog {
             return;
         }
         let drops = &mut self.drops[index(stream)];
-        let content: usize = records.iter().map(Record::len).sum();
         if drops.dropping() {
-            return drops.count(content);
+            return drops.count(records.iter().map(Record::written_by_process).sum());
         }
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(records.len() * 4);
         let mut ends = Vec::with_capacity(records.len());
@@ -238,7 +250,7 @@ impl CriLog {
             }
         }
         self.size += kept;
-        let lost: usize = records[whole..].iter().map(Record::len).sum();
+        let lost: usize = records[whole..].iter().map(Record::written_by_process).sum();
         if !refuses_bytes(e) {
             crate::log!("log {}: {e}", self.path.display());
         }

@@ -3,10 +3,10 @@
 //! or file). With exactly one plain sink the stream is a splice relay instead (see
 //! `relay`); a fan-out copies, once.
 //!
-//! Who may hold the stream back: only a FIFO (its reader away: back-pressure, as
-//! with a relay). The log never blocks (a full disk drops and counts), attach
-//! clients are cut off past their bound, a capture keeps what its limit allows and
-//! drains the rest.
+//! Who may hold the stream back: a FIFO (its reader away: back-pressure, as with a
+//! relay) and an attach client past its queue's bound (until it stalls: see
+//! `attach`). The log never blocks (a full disk drops and counts), a capture keeps
+//! what its limit allows and drains the rest.
 
 use super::attach::AttachHub;
 use super::cri_log::CriLog;
@@ -14,7 +14,7 @@ use super::drops::{refuses_bytes, DropReport, Drops};
 use super::host_end::set_nonblocking;
 use super::relay::RelayParts;
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -127,6 +127,11 @@ impl Fanout {
         }
     }
 
+    /// Its source, while it has one.
+    pub fn source(&self) -> Option<&OwnedFd> {
+        self.src.as_ref()
+    }
+
     pub fn owns(&self, token: Token) -> bool {
         self.src_token == Some(token) || self.plain.as_ref().is_some_and(|p| p.token == Some(token))
     }
@@ -134,6 +139,13 @@ impl Fanout {
     /// Every byte of the source is where it goes.
     pub fn is_done(&self) -> bool {
         self.eof && self.plain.as_ref().is_none_or(|p| p.pending.is_empty())
+    }
+
+    /// Not finished, and bytes wait: taken but not yet written, or in the source.
+    pub fn output_waiting(&self) -> bool {
+        !self.is_done()
+            && (self.plain.as_ref().is_some_and(|p| !p.pending.is_empty())
+                || self.src.as_ref().is_some_and(|s| super::relay::queued(s) > 0))
     }
 
     /// Moves what can be moved now. `process_exited` lets a PTY's EIO count as the end.
@@ -152,6 +164,9 @@ impl Fanout {
             }
             if self.eof {
                 return self.close_src(io);
+            }
+            if attach.as_deref().is_some_and(AttachHub::holding_back) {
+                return; // an attach client is behind: back-pressure, up to a stall
             }
             let Some(src) = self.src.as_ref() else { return };
             if self.buf.is_empty() {

@@ -9,9 +9,11 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use tether_protocol::StdinEof;
 
-/// The pipe and FIFO capacity the shim asks for: a daemon that is away for a moment
-/// does not stall a chatty container at once (pages are only used when filled).
+/// The capacity the shim asks for the process's pipes (and a stdin FIFO it holds a
+/// writer on): a daemon that is away for a moment does not stall a chatty container
+/// at once (pages are only used when filled).
 const PIPE_CAPACITY: i32 = 1 << 20;
 
 /// The host side of one stream.
@@ -24,12 +26,21 @@ pub enum HostEnd {
         /// wrote survives while no reader has the FIFO open.
         keepalive: Option<OwnedFd>,
         path: String,
+        /// A stdin FIFO opened for reading only: its writers going away before the
+        /// process starts is its end (`StdinEof::WritersGoneBeforeStart`).
+        writers_end_it: bool,
     },
 }
 
 /// Opens the host end of `stream`: `spec` is the client's absolute path, or `None`
 /// for a FIFO the shim makes at `own_fifo`.
-pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Result<HostEnd, String> {
+pub fn open_host_end(
+    stream: Stream,
+    spec: Option<&str>,
+    own_fifo: &Path,
+    stdin_eof: StdinEof,
+) -> Result<HostEnd, String> {
+    let shim_made = spec.is_none();
     let path = match spec {
         Some("/dev/null") => return Ok(HostEnd::Null),
         Some(p) if !p.starts_with('/') => {
@@ -47,6 +58,17 @@ pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Res
     let is_fifo = matches!(&file_type, Ok(t) if t.is_fifo());
     let input = stream == Stream::Stdin;
     match (&file_type, is_fifo) {
+        (_, true) if input && stdin_eof == StdinEof::WritersGoneBeforeStart => {
+            // Read only, at the FIFO's own size: until the process starts, its writers
+            // leaving is the end of its input (see `Relay::open_own_writer`).
+            let fd = open_nonblocking(&path, true, false).map_err(|e| what(&e))?;
+            Ok(HostEnd::Open {
+                fd,
+                keepalive: None,
+                path,
+                writers_end_it: true,
+            })
+        }
         (_, true) if input => {
             // Read and write: the shim's own writer means a daemon that goes away
             // never makes the container see EOF; close_stdin does that.
@@ -56,16 +78,26 @@ pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Res
                 fd,
                 keepalive: None,
                 path,
+                writers_end_it: false,
             })
         }
         (_, true) => {
             let keepalive = open_nonblocking(&path, true, false).map_err(|e| what(&e))?;
             let fd = open_nonblocking(&path, false, true).map_err(|e| what(&e))?;
-            set_pipe_capacity(&fd);
+            // A FIFO the shim made holds 1 MiB, so output written while nobody reads
+            // is out of the process's pipe and its exit can go out. A client's FIFO
+            // keeps the size the client gave it: what sits in it at the exit is what
+            // the client must still read, and ctr 1.6 under load stops reading at its
+            // task's exit before it has all of a 1 MiB FIFO (containerd's own shim
+            // leaves its FIFOs at the kernel's 64 KiB too).
+            if shim_made {
+                set_pipe_capacity(&fd);
+            }
             Ok(HostEnd::Open {
                 fd,
                 keepalive: Some(keepalive),
                 path,
+                writers_end_it: false,
             })
         }
         (Ok(t), false) if t.is_dir() || t.is_socket() => {
@@ -77,6 +109,7 @@ pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Res
                 fd: fd.into(),
                 keepalive: None,
                 path,
+                writers_end_it: false,
             })
         }
         (_, false) => {
@@ -95,9 +128,25 @@ pub fn open_host_end(stream: Stream, spec: Option<&str>, own_fifo: &Path) -> Res
                 fd: file.into(),
                 keepalive: None,
                 path,
+                writers_end_it: false,
             })
         }
     }
+}
+
+/// A writer of the shim's own on a stdin FIFO it reads (the shim is a reader, so
+/// this does not block).
+pub fn open_own_writer(path: &str) -> std::io::Result<OwnedFd> {
+    open_nonblocking(path, false, true)
+}
+
+/// Every writer a FIFO had has gone (POLLHUP): a reader that opened it before any
+/// writer sees no hang-up until one has come and left.
+pub fn writers_gone(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 fn open_nonblocking(path: &str, read: bool, write: bool) -> std::io::Result<OwnedFd> {

@@ -14,6 +14,7 @@ mod wiring;
 
 pub use wiring::{setup, StdioSpec};
 
+use crate::registry::Io;
 use attach::AttachHub;
 use console::ConsoleSocket;
 use cri_log::CriLog;
@@ -63,18 +64,48 @@ pub struct ProcessIo {
     /// The PTY master, kept for resize and close_stdin.
     pub master: Option<OwnedFd>,
     pub pending_resize: Option<(u16, u16)>,
+    stdin_close: StdinClose,
+    /// Until the runtime call that makes the process succeeds, nothing is relayed:
+    /// what its pipes hold then is the runtime's own words (see `take_runtime_words`).
+    held: bool,
+}
+
+/// Where `close_stdin` is for one process.
+#[derive(Default, PartialEq, Eq)]
+enum StdinClose {
+    #[default]
+    Open,
+    /// Asked: stdin closes once what its source holds has reached the process.
+    Draining,
+    Closed,
 }
 
 impl ProcessIo {
     /// Every output has reached the end of its source and every byte is where it
     /// goes (a terminal's master has arrived, too).
     pub fn output_drained(&self) -> bool {
+        self.sources_drained() && !self.attach.as_ref().is_some_and(AttachHub::output_queued)
+    }
+
+    /// Every output has reached the end of its source (attach clients may still have
+    /// some of it queued).
+    fn sources_drained(&self) -> bool {
         self.console.is_none()
             && self
                 .relays
                 .iter()
                 .all(|r| r.stream == Stream::Stdin || r.is_done())
             && self.fanouts.iter().all(Fanout::is_done)
+    }
+
+    /// Output bytes are waiting on their way: in a source pipe or PTY, or taken by
+    /// the shim and not yet written (a slow reader holds them back).
+    pub fn output_waiting(&self) -> bool {
+        self.relays
+            .iter()
+            .any(|r| r.stream != Stream::Stdin && r.output_waiting())
+            || self.fanouts.iter().any(Fanout::output_waiting)
+            || self.attach.as_ref().is_some_and(AttachHub::output_queued)
     }
 
     /// Output dropped since the last report: (stream, sink, report).
@@ -107,16 +138,27 @@ impl ProcessIo {
     pub fn due(&self) -> Option<Instant> {
         let relays = self.relays.iter().filter_map(|r| r.report_due());
         let fanouts = self.fanouts.iter().filter_map(|f| f.due());
+        let ended = self.sources_drained();
         relays
             .chain(fanouts)
             .chain(self.log.as_ref().and_then(CriLog::report_due))
+            .chain(self.attach.as_ref().and_then(|h| h.stall_deadline(ended)))
             .min()
     }
 
-    /// Gives back read buffers idle for a while.
-    pub fn trim(&mut self, now: Instant) {
+    /// Timed work: read buffers idle for a while go back; attach clients stalled
+    /// while holding output back are cut off, and the output moves on.
+    pub fn on_tick(&mut self, now: Instant, exited: bool, io: &mut Io<'_>) {
         for f in &mut self.fanouts {
             f.trim(now);
+        }
+        let ended = self.sources_drained();
+        if self
+            .attach
+            .as_mut()
+            .is_some_and(|h| h.cut_stalled(now, ended, io))
+        {
+            self.pump(io, exited);
         }
     }
 

@@ -10,7 +10,7 @@
 use super::drops::{refuses_bytes, DropReport, Drops};
 use super::host_end::set_nonblocking;
 use super::Stream;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::errno::Errno;
 use nix::fcntl::SpliceFFlags;
@@ -39,6 +39,12 @@ pub struct Relay {
     drops: Drops,
     /// Where dropped bytes are read into, while dropping.
     sink: Vec<u8>,
+    /// A stdin FIFO read without a writer of the shim's own yet: its path, for the
+    /// writer opened when the process starts. Until then, a read of 0 is the end
+    /// only once every writer has come and gone.
+    late_writer: Option<String>,
+    /// The shim's own writer on a stdin FIFO (see `late_writer`).
+    own_writer: Option<OwnedFd>,
 }
 
 /// Allocated while it holds bytes only: an idle terminal costs no buffer.
@@ -80,11 +86,53 @@ impl Relay {
             done: false,
             drops: Drops::default(),
             sink: Vec::new(),
+            late_writer: None,
+            own_writer: None,
         })
+    }
+
+    /// A stdin relay from a FIFO opened for reading only (see `late_writer`).
+    pub fn with_late_writer(mut self, fifo: Option<String>) -> Relay {
+        self.late_writer = fifo;
+        self
+    }
+
+    /// The process has started: a stdin FIFO whose writers have all come and gone
+    /// ends once drained; otherwise the shim holds a writer of its own from now on,
+    /// so only `close_stdin` ends it (containerd's rule: its daemon's restart does
+    /// not close a running process's stdin).
+    pub fn process_started(&mut self) {
+        let (Some(path), Some(src)) = (self.late_writer.take(), self.src.as_ref()) else {
+            return;
+        };
+        if super::host_end::writers_gone(src) {
+            return;
+        }
+        match super::host_end::open_own_writer(&path) {
+            Ok(fd) => self.own_writer = Some(fd),
+            Err(e) => crate::log!("stdin {path}: cannot hold a writer of its own: {e}"),
+        }
     }
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// A stdin relay has handed over everything its source holds now (or finished).
+    pub fn input_drained(&self) -> bool {
+        self.done || !self.output_waiting()
+    }
+
+    /// Not finished, and bytes wait in its source or its copy buffer.
+    pub fn output_waiting(&self) -> bool {
+        !self.done
+            && (self.copy.as_ref().is_some_and(|c| c.start < c.end)
+                || self.src.as_ref().is_some_and(|s| queued(s) > 0))
+    }
+
+    /// Its source, while it has one.
+    pub fn source(&self) -> Option<&OwnedFd> {
+        self.src.as_ref()
     }
 
     /// A second descriptor on the destination (attach input into a stdin pipe).
@@ -133,6 +181,8 @@ impl Relay {
                 Some(buffer) => buffer.step(src, dst),
             };
             match step {
+                // A FIFO with no writer yet reads as empty, not ended.
+                Ok(0) if self.late_writer.is_some() && !super::host_end::writers_gone(src) => break,
                 Ok(0) => self.finish(io),
                 Ok(n) if dropping => self.drops.count(n),
                 Ok(_) => {
@@ -207,6 +257,8 @@ impl Relay {
         }
         self.src = None;
         self.dst = None;
+        self.own_writer = None;
+        self.late_writer = None;
         self.copy = None;
         self.sink = Vec::new();
         self.done = true;
@@ -229,6 +281,11 @@ impl Relay {
         self.finish(io);
         self.keepalive = None;
     }
+}
+
+/// Bytes readable now from a pipe, FIFO or PTY master (0 if it cannot tell).
+pub fn queued(fd: &OwnedFd) -> usize {
+    crate::sys::bytes_queued(fd.as_raw_fd()).unwrap_or(0)
 }
 
 impl CopyBuffer {

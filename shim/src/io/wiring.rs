@@ -7,14 +7,14 @@ use super::cri_log::CriLog;
 use super::fanout::Fanout;
 use super::host_end::{self, HostEnd};
 use super::relay::Relay;
-use super::{ProcessIo, Stream};
-use crate::core::{err, CoreError, ErrorKind};
-use crate::reactor::Io;
+use super::{ProcessIo, StdinClose, Stream};
+use crate::error::{err, CoreError, ErrorKind};
+use crate::registry::Io;
 use crate::runtime::RuntimeStdio;
 use crate::state_dir::StateDir;
 use mio::Token;
 use std::os::fd::OwnedFd;
-use tether_protocol::LogParams;
+use tether_protocol::{LogParams, StdinEof};
 
 /// What the client asked for a process's stdio.
 #[derive(Default)]
@@ -26,6 +26,7 @@ pub struct StdioSpec {
     pub attach: bool,
     /// Keep the output in memory, up to this many bytes per stream.
     pub capture: Option<usize>,
+    pub stdin_eof: StdinEof,
 }
 
 /// Sets up a process's stdio. Without a terminal: a pipe per stream, relayed (or
@@ -38,7 +39,11 @@ pub fn setup(
     dir: &StateDir,
     io: &mut Io<'_>,
 ) -> Result<(ProcessIo, RuntimeStdio), CoreError> {
-    let mut pio = ProcessIo::default();
+    let mut pio = ProcessIo {
+        // Nothing moves until the runtime call succeeds (`start_relaying`).
+        held: true,
+        ..ProcessIo::default()
+    };
     match wire(&mut pio, name, terminal, spec, dir, io) {
         Ok(rt) => Ok((pio, rt)),
         Err(e) => {
@@ -67,6 +72,7 @@ fn wire(
         log,
         attach,
         capture,
+        stdin_eof,
     } = spec;
     if capture.is_some() && (stdout.is_some() || stderr.is_some()) {
         return Err(err(
@@ -99,7 +105,7 @@ fn wire(
         if spec.is_none() && fan_out {
             return Ok(None);
         }
-        host_end::open_host_end(stream, spec.as_deref(), &dir.fifo(name, stream.name()))
+        host_end::open_host_end(stream, spec.as_deref(), &dir.fifo(name, stream.name()), stdin_eof)
             .map(Some)
             .map_err(stdio_err)
     };
@@ -141,6 +147,7 @@ fn wire(
                         .map_err(|e| stdio_err(format!("dup {path}: {e}")))?,
                     keepalive: None,
                     path: path.clone(),
+                    writers_end_it: false,
                 })
             }
             _ => plain(stream, spec, fan_out)?,
@@ -159,7 +166,15 @@ fn wire(
             Some(HostEnd::Open { fd, keepalive, .. }) if fan_out => {
                 pio.fan_out_from_pipe(stream, Some((fd, keepalive)), io)?
             }
-            Some(HostEnd::Open { fd, keepalive, .. }) => pio.relay_pipe(stream, fd, keepalive, io)?,
+            Some(HostEnd::Open {
+                fd,
+                keepalive,
+                path,
+                writers_end_it,
+            }) => {
+                let late_writer = writers_end_it.then_some(path);
+                pio.relay_pipe(stream, fd, keepalive, late_writer, io)?
+            }
         };
         match stream {
             Stream::Stdin => rt.stdin = Some(child_end),
@@ -168,6 +183,21 @@ fn wire(
         }
     }
     Ok(rt)
+}
+
+/// Up to `max` bytes readable now from a non-blocking descriptor.
+fn read_some(fd: &OwnedFd, max: usize) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < max {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out.truncate(max);
+    out
 }
 
 impl ProcessIo {
@@ -190,6 +220,7 @@ impl ProcessIo {
         stream: Stream,
         fd: OwnedFd,
         keepalive: Option<OwnedFd>,
+        late_writer: Option<String>,
         io: &mut Io<'_>,
     ) -> Result<OwnedFd, CoreError> {
         let (read, write) = host_end::pipe().map_err(stdio_err)?;
@@ -199,13 +230,13 @@ impl ProcessIo {
                 if let Some(hub) = self.attach.as_mut() {
                     hub.set_stdin(write.try_clone().ok());
                 }
-                (Relay::new(stream, fd, write, None, false), read)
+                let relay = Relay::new(stream, fd, write, None, false);
+                (relay.map(|r| r.with_late_writer(late_writer)), read)
             }
             _ => (Relay::new(stream, read, fd, keepalive, false), write),
         };
         let mut relay = relay.map_err(stdio_err)?;
         relay.register(io);
-        relay.pump(io, false);
         self.relays.push(relay);
         Ok(child_end)
     }
@@ -246,7 +277,7 @@ impl ProcessIo {
     /// Readiness of one of this process's tokens.
     pub fn on_ready(&mut self, name: &str, token: Token, exited: bool, io: &mut Io<'_>) {
         if self.console.as_ref().is_some_and(|c| c.owns(token)) {
-            self.attach_console(name, exited, io);
+            self.attach_console(name, io);
         } else if let Some(hub) = self.attach.as_mut().filter(|h| h.owns(token)) {
             hub.on_ready(token, io);
             let stdin_eof = hub.take_stdin_eof();
@@ -282,18 +313,56 @@ impl ProcessIo {
         }
     }
 
+    /// The runtime call that made the process succeeded: its stdio starts moving.
+    pub fn start_relaying(&mut self, io: &mut Io<'_>, exited: bool) {
+        self.held = false;
+        self.pump(io, exited);
+    }
+
+    /// The process has started (init: `start`; an exec: at once): see
+    /// [`Relay::process_started`].
+    pub fn process_started(&mut self, io: &mut Io<'_>, exited: bool) {
+        for relay in self.relays.iter_mut().filter(|r| r.stream == Stream::Stdin) {
+            relay.process_started();
+        }
+        self.pump(io, exited);
+    }
+
+    /// What a runtime that failed to make the process printed on its stdout and
+    /// stderr, which are the process's own pipes (the process never ran, so it is
+    /// all the runtime's): read, up to 64 KiB a stream, and not relayed.
+    pub fn take_runtime_words(&mut self) -> Option<String> {
+        let mut words = Vec::new();
+        for stream in [Stream::Stderr, Stream::Stdout] {
+            let relays = self.relays.iter().filter(|r| r.stream == stream);
+            let fanouts = self.fanouts.iter().filter(|f| f.stream == stream);
+            let sources = relays
+                .filter_map(Relay::source)
+                .chain(fanouts.filter_map(Fanout::source));
+            for src in sources {
+                words.extend(read_some(src, 64 << 10));
+            }
+        }
+        let text = String::from_utf8_lossy(&words).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    }
+
     /// Pumps every relay and fan-out (after readiness, or at exit for the last bytes).
     pub fn pump(&mut self, io: &mut Io<'_>, exited: bool) {
+        if self.held {
+            return;
+        }
         for relay in &mut self.relays {
             relay.pump(io, exited);
         }
         for fanout in &mut self.fanouts {
             fanout.pump(io, exited, self.log.as_mut(), self.attach.as_mut());
         }
+        self.finish_stdin_close(io);
     }
 
     /// The console socket is readable: take the master when it comes and wire it.
-    fn attach_console(&mut self, name: &str, exited: bool, io: &mut Io<'_>) {
+    fn attach_console(&mut self, name: &str, io: &mut Io<'_>) {
         let Some(socket) = self.console.as_mut() else {
             return;
         };
@@ -319,14 +388,22 @@ impl ProcessIo {
                 }
             };
             let wired = match (stream, end) {
-                (Stream::Stdin, Some(HostEnd::Open { fd, .. })) => {
+                (
+                    Stream::Stdin,
+                    Some(HostEnd::Open {
+                        fd,
+                        path,
+                        writers_end_it,
+                        ..
+                    }),
+                ) => {
                     if let Some(hub) = self.attach.as_mut() {
                         hub.set_stdin(dup.try_clone().ok());
                         hub.retry_input(io);
                     }
-                    Relay::new(stream, fd, dup, None, false).map(|mut relay| {
+                    Relay::new(stream, fd, dup, None, false).map(|relay| {
+                        let mut relay = relay.with_late_writer(writers_end_it.then_some(path));
                         relay.register(io);
-                        relay.pump(io, exited);
                         self.relays.push(relay);
                     })
                 }
@@ -334,7 +411,6 @@ impl ProcessIo {
                 (_, Some(HostEnd::Open { fd, keepalive, .. })) if !self.fan_out => {
                     Relay::new(stream, dup, fd, keepalive, true).map(|mut relay| {
                         relay.register(io);
-                        relay.pump(io, exited);
                         self.relays.push(relay);
                     })
                 }
@@ -369,18 +445,40 @@ impl ProcessIo {
         }
     }
 
-    /// Closes the process's stdin: the pipe's write end, or for a PTY, an EOF
-    /// character so a canonical-mode reader sees end of input.
+    /// `close_stdin`: everything the client already wrote still reaches the process,
+    /// however slowly it reads; then its stdin closes (the pipe's write end, or for a
+    /// PTY an EOF character, so a canonical-mode reader sees end of input).
     pub fn close_stdin(&mut self, io: &mut Io<'_>, exited: bool) {
-        for relay in self.relays.iter_mut().filter(|r| r.stream == Stream::Stdin) {
-            // Hand over what the client already wrote before closing.
-            relay.pump(io, exited);
-            relay.release(io);
+        if self.stdin_close != StdinClose::Open {
+            return;
         }
-        self.relays.retain(|r| r.stream != Stream::Stdin);
+        self.stdin_close = StdinClose::Draining;
         if let Some(hub) = self.attach.as_mut() {
             hub.close_stdin(io);
         }
+        self.pump(io, exited);
+    }
+
+    /// After `close_stdin`: closes stdin once its relay has handed everything over
+    /// (a terminal's, once its master has come and been wired).
+    fn finish_stdin_close(&mut self, io: &mut Io<'_>) {
+        if self.stdin_close != StdinClose::Draining || self.console.is_some() {
+            return;
+        }
+        let is_stdin = |r: &Relay| r.stream == Stream::Stdin;
+        if !self
+            .relays
+            .iter()
+            .filter(|r| is_stdin(r))
+            .all(Relay::input_drained)
+        {
+            return;
+        }
+        self.stdin_close = StdinClose::Closed;
+        for relay in self.relays.iter_mut().filter(|r| is_stdin(r)) {
+            relay.release(io);
+        }
+        self.relays.retain(|r| !is_stdin(r));
         if let Some(master) = &self.master {
             let _ = nix::unistd::write(master, &[console::eof_char(master)]);
         }

@@ -21,6 +21,14 @@ const LOG_TAIL: u64 = 64 << 10;
 /// description of how it ended. `how` says how the runtime ended ("exited with
 /// status 1", "was killed by SIGKILL"), for when it said nothing.
 pub fn failure_message(what: &str, log: &Path, stderr: Option<&Path>, how: &str) -> String {
+    let printed = stderr.map(read_tail);
+    failure_message_with(what, log, printed.as_deref(), how)
+}
+
+/// [`failure_message`], with what the runtime printed given as text: for create and
+/// exec, whose stdout and stderr are the process's own pipes (youki's `exec` says
+/// why it failed there, before its log is set up).
+pub fn failure_message_with(what: &str, log: &Path, printed: Option<&str>, how: &str) -> String {
     let text = read_tail(log);
     let mut last_error = None;
     let mut last_line = None;
@@ -38,7 +46,7 @@ pub fn failure_message(what: &str, log: &Path, stderr: Option<&Path>, how: &str)
             Err(_) => last_line = Some(line.to_string()),
         }
     }
-    let printed = stderr.map(read_tail).and_then(|t| {
+    let printed = printed.and_then(|t| {
         let first = t.lines().map(str::trim).find(|l| !l.is_empty())?;
         Some(strip_prefix_ci(first, "error:").trim_start().to_string())
     });

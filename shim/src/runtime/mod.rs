@@ -6,7 +6,7 @@ mod call;
 mod failure;
 
 pub use call::RuntimeCall;
-pub use failure::failure_message;
+pub use failure::{failure_message, failure_message_with};
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -54,7 +54,9 @@ impl Spawn for Exec {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
-        let child = Command::new(program)
+        let mut cmd = Command::new(program);
+        crate::sys::with_caller_umask(&mut cmd);
+        let child = cmd
             .args(args)
             .stdin(stdio(io.stdin))
             .stdout(stdio(io.stdout))

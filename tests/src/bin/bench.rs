@@ -2,8 +2,10 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]` (scripts/bench
-//! installs the peers and builds first). `--baseline` adds another tether-shim binary
+//! `bench [--quick] [--memory | --scale] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
+//! (scripts/bench installs the peers and builds first). `--memory` measures idle
+//! memory, descriptors and wakeups alone; `--scale` how the costs grow with the number
+//! of containers (src/bench_scale.rs). `--baseline` adds another tether-shim binary
 //! (an earlier build) as system `base`, measured in the same run, with tether/base
 //! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
 //! interleaved with the others, as a row of its own.
@@ -103,8 +105,30 @@ fn main() {
         samples: BTreeMap::new(),
         work: work.clone(),
     };
-    let mut second = youki.map(|y| SecondRuntime::new(y, &work));
     let started = Instant::now();
+    if args.iter().any(|a| a == "--scale") {
+        let scale = b.scale();
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("scale.json"), serde_json::to_vec_pretty(&scale).unwrap()).unwrap();
+        fs::write(out.join("scale.svg"), bench_scale::scale_svg(&scale)).unwrap();
+        eprintln!("bench: wrote {}/scale.json and scale.svg", out.display());
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
+    if args.iter().any(|a| a == "--memory") {
+        // Idle memory, descriptors and wakeups alone (a few minutes).
+        let n = if quick { 5 } else { 50 };
+        b.idle_memory(n);
+        b.ctd_idle_memory(bench_containerd::TETHER_CTD, n);
+        let mut report = b.report(started.elapsed());
+        report["tether_under_containerd"] = b.containerd_front_report();
+        write_report(&out, &report);
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
+    let mut second = youki.map(|y| SecondRuntime::new(y, &work));
     // runc create is bimodal here (about 32 or 65 ms): enough runs for stable medians.
     let runs = if quick { 3 } else { 25 };
     eprintln!("bench: start latency ({runs} runs each, interleaved)");
@@ -143,16 +167,21 @@ fn main() {
     if let Some(rt) = second.take() {
         report["second_runtime"] = rt.report();
     }
-    fs::create_dir_all(&out).unwrap();
-    fs::write(
-        out.join("results.json"),
-        serde_json::to_vec_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    fs::write(out.join("ratios.svg"), svg(&report)).unwrap();
-    eprintln!("bench: wrote {}/results.json and ratios.svg", out.display());
+    write_report(&out, &report);
     drop(b);
     cleanup_leftovers(&work);
+}
+
+/// DIR/results.json and DIR/ratios.svg.
+fn write_report(out: &Path, report: &Value) {
+    fs::create_dir_all(out).unwrap();
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(report).unwrap(),
+    )
+    .unwrap();
+    fs::write(out.join("ratios.svg"), svg(report)).unwrap();
+    eprintln!("bench: wrote {}/results.json and ratios.svg", out.display());
 }
 
 /// The file system the bench's state lives on (tmpfs unless the mount failed).
@@ -307,6 +336,29 @@ fn smaps(pid: i32) -> (f64, f64, f64) {
     (field("Pss:"), field("Private_Dirty:"), field("Rss:"))
 }
 
+/// How long idle monitors are watched for wakeups (quick: the CI smoke run).
+const WAKE_WINDOW: Duration = Duration::from_secs(10);
+const QUICK_WAKE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Times any thread of `pid` was switched onto a CPU (schedstat's third field, summed
+/// over its threads): each is a wakeup.
+fn switches(pid: i32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Descriptors `pid` holds.
+fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// utime+stime of a process in seconds.
 fn cpu_seconds(pid: i32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -354,6 +406,9 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 // The private containerd and tether under containerd: src/bench_containerd.rs.
 #[path = "../bench_containerd.rs"]
 mod bench_containerd;
+// `--scale`: src/bench_scale.rs.
+#[path = "../bench_scale.rs"]
+mod bench_scale;
 use bench_containerd::{start_containerd, CtdBench};
 use tether_tests::containerd::Containerd;
 
@@ -452,14 +507,14 @@ impl Bench {
     }
 
     /// `tether-shim start` of system `sys` ("tether" or "base") + connect.
-    fn launch_shim(&mut self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
+    fn launch_shim(&self, sys: &str, id: &str, bundle: &Path) -> (Client, PathBuf) {
         self.launch_shim_with(sys, id, bundle, &[])
     }
 
     /// `launch_shim` with more `tether-shim start` flags, after the bench's own (a
     /// later `--runtime-root` wins).
     fn launch_shim_with(
-        &mut self,
+        &self,
         sys: &str,
         id: &str,
         bundle: &Path,
@@ -503,15 +558,17 @@ impl Bench {
 
     /// Starts conmon (api version 1, k8s-file log, exit dir), waits on its sync pipe
     /// until the container is created.
-    fn conmon_create(&mut self, id: &str, bundle: &Path) -> Conmon {
+    fn conmon_create(&self, id: &str, bundle: &Path) -> Conmon {
         let dir = self.work.join("conmon").join(id);
         let exit_dir = dir.join("exits");
         fs::create_dir_all(&exit_dir).unwrap();
         fs::create_dir_all(dir.join("sock")).unwrap();
         let log = dir.join("ctr.log");
         let mut fds = [0; 2];
+        // Close-on-exec, so that monitors started at the same time by other threads
+        // never hold this pipe (dup2 below clears the flag on conmon's fd 3).
         // SAFETY: pipe2 fills our array.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) }, 0);
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         let (r, w) = (fds[0], fds[1]);
         let mut cmd = Command::new("conmon");
         cmd.args([
@@ -544,10 +601,16 @@ impl Bench {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        // SAFETY: dup2 in the child before exec, async-signal-safe.
+        // SAFETY: dup2 and fcntl in the child before exec, async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(w, 3) < 0 {
+                // dup2 onto itself would keep close-on-exec: clear it then.
+                let ok = if w == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(w, 3)
+                };
+                if ok < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -606,6 +669,15 @@ impl Bench {
                 d
             }
             "tether" | "base" => {
+                // The exec floor: the same binary exec'd to print its version and exit,
+                // timed the same way; the launch is this plus the shim's own work.
+                let t = Instant::now();
+                let v = Command::new(self.shim_bin(sys))
+                    .arg("--version")
+                    .output()
+                    .unwrap();
+                assert!(v.status.success(), "tether-shim --version: {v:?}");
+                self.record("exec_floor_ms", sys, ms(t.elapsed()));
                 let t = Instant::now();
                 let (mut c, state) = self.launch_shim(sys, &id, &bundle);
                 // The shim's own share: `tether-shim start` until its socket answers.
@@ -923,6 +995,10 @@ impl Bench {
             };
             c.create(&params).unwrap();
             c.start().unwrap();
+            if sys == "tether-log" {
+                // As CRI-O and Podman run it: the attach socket open as well.
+                c.call_value("attach", json!({})).unwrap();
+            }
             if i == 0 {
                 self.single_figures(sys, Self::tether_pid(&state));
             }
@@ -965,11 +1041,27 @@ impl Bench {
         self.record("idle_rss_kb", sys, rss);
     }
 
-    /// All `pids` idle together: per-container cost at scale.
+    /// All `pids` idle together: per-container cost at scale, and how often an idle
+    /// monitor wakes up (every thread's switches onto a CPU, over WAKE_WINDOW).
     fn memory_figures(&mut self, sys: &str, pids: &[i32]) {
         std::thread::sleep(Duration::from_millis(500)); // idle
+        let window = if self.quick {
+            QUICK_WAKE_WINDOW
+        } else {
+            WAKE_WINDOW
+        };
+        let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
+        std::thread::sleep(window);
+        let woken: u64 = pids
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| switches(*p).saturating_sub(*b))
+            .sum();
         let all: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
         let n = pids.len() as f64;
+        self.record("idle_wakeups_per_s", sys, woken as f64 / n / window.as_secs_f64());
+        let fds: usize = pids.iter().map(|p| open_fds(*p)).sum();
+        self.record("fds_per_container", sys, fds as f64 / n);
         self.record(
             "pss_per_container_kb",
             sys,
@@ -1087,9 +1179,45 @@ impl Bench {
                 true,
             ),
             (
+                "private dirty per container: tether / 100 kB",
+                m("private_dirty_per_container_kb", "tether") / 100.0,
+                1.0,
+                true,
+            ),
+            (
+                "same, CRI log + attach socket: tether / 110 kB",
+                m("private_dirty_per_container_kb", "tether-log") / 110.0,
+                1.0,
+                true,
+            ),
+            (
+                "idle wakeups per second: tether",
+                m("idle_wakeups_per_s", "tether"),
+                0.0,
+                true,
+            ),
+            (
+                "same, CRI log + attach socket: tether",
+                m("idle_wakeups_per_s", "tether-log"),
+                0.0,
+                true,
+            ),
+            (
+                "launch, exec -> socket ready: tether / 1 ms",
+                m("launch_ms", "tether"),
+                1.0,
+                true,
+            ),
+            (
+                "launch beyond the exec floor: tether / 1 ms",
+                m("launch_ms", "tether") - m("exec_floor_ms", "tether"),
+                1.0,
+                true,
+            ),
+            (
                 "start: tether/bare runc",
                 m("start_ms", "tether") / m("start_ms", "runc"),
-                1.05,
+                1.02,
                 true,
             ),
             (
@@ -1107,7 +1235,7 @@ impl Bench {
             (
                 "exit: tether/conmon",
                 m("exit_ms", "tether") / m("exit_ms", "conmon"),
-                1.0,
+                0.5,
                 true,
             ),
             (
@@ -1125,7 +1253,7 @@ impl Bench {
             (
                 "exec: tether/bare runc",
                 m("exec_ms", "tether") / m("exec_ms", "runc"),
-                1.05,
+                1.0,
                 true,
             ),
             (

@@ -117,6 +117,19 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         return Err(format!("a command is required\n{USAGE}"));
     };
     let a = cmd_args;
+    // `COMMAND -h`: what follows `--` is the process's own (exec ... -- ARGS).
+    if a.iter()
+        .take_while(|x| *x != "--")
+        .any(|x| x == "-h" || x == "--help")
+    {
+        return match command_usage(&command) {
+            Some(usage) => {
+                println!("{usage}");
+                Ok(0)
+            }
+            None => Err(format!("unknown command {command:?}\n{USAGE}")),
+        };
+    }
     match command.as_str() {
         "launch" => launch(&g, &a).map(|socket| {
             println!("{}", socket.display());
@@ -225,6 +238,38 @@ fn run(args: Vec<String>) -> Result<i32, String> {
         "run" => run_container(&a),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
+}
+
+/// The lines of USAGE that show `command` (and the deeper-indented lines that go on
+/// with them), after the global flags; None for a command USAGE does not list.
+fn command_usage(command: &str) -> Option<String> {
+    const HEAD: &str = "usage: tetherctl [-s SOCKET | --id ID] [--state-root DIR] ";
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut out = Vec::new();
+    let mut shown: Option<usize> = None;
+    for line in USAGE.lines().skip(1) {
+        match shown {
+            Some(at) if indent(line) > at + 2 && line.trim_start().starts_with('[') => {
+                out.push(format!(
+                    "{}{}",
+                    " ".repeat(HEAD.len() + indent(line) - at),
+                    line.trim_start()
+                ));
+                continue;
+            }
+            _ => shown = None,
+        }
+        let alternatives = line.trim_start().split(" | ");
+        if line.starts_with("  ")
+            && alternatives
+                .into_iter()
+                .any(|alt| alt.split_whitespace().next() == Some(command))
+        {
+            shown = Some(indent(line));
+            out.push(format!("{HEAD}{}", line.trim_start()));
+        }
+    }
+    (!out.is_empty()).then(|| out.join("\n"))
 }
 
 /// `update --memory BYTES --cpu-shares N --cpu-quota N --cpu-period N --pids N` as

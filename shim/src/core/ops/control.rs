@@ -35,7 +35,7 @@ impl Core {
             let n = self.scratch_id();
             let call = RuntimeCall::Kill { signal, all: true };
             return Ok(later(self.spawn_op(
-                OpKind::KillAll,
+                OpKind::KillAll(signal),
                 ticket,
                 call,
                 RuntimeStdio::default(),
@@ -49,7 +49,26 @@ impl Core {
         // The pid cannot have been reused: the shim has not reaped it yet.
         nix::sys::signal::kill(Pid::from_raw(pid), sig)
             .map_err(|e| err(ErrorKind::Internal, format!("kill {name} (pid {pid}): {e}")))?;
+        if name == INIT_PROCESS {
+            self.thaw_if_killed_while_paused(sig);
+        }
         Ok(Reply::Now(Ok(Answer::Empty(Empty {}))))
+    }
+
+    /// A SIGKILL to a paused container's init (or to all of it) ends it: its cgroup
+    /// is thawed, as `runc kill` does, or the signal would wait for a `resume`. The
+    /// container is no longer paused; no `resumed` event, its `exit` follows.
+    pub(super) fn thaw_if_killed_while_paused(&mut self, sig: Signal) {
+        if sig != Signal::SIGKILL || !self.paused {
+            return;
+        }
+        let Some(pid) = self.init.as_ref().and_then(|i| i.pid()) else {
+            return;
+        };
+        match crate::cgroup::Cgroup::of_pid(pid).and_then(|cg| cg.thaw()) {
+            Ok(()) => self.paused = false,
+            Err(m) => crate::log!("SIGKILL to a paused container: {m}"),
+        }
     }
 
     /// Init died: execs that outlive it (shared pid namespace) are killed, so that

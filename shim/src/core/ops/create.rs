@@ -8,7 +8,7 @@ use super::super::process::Process;
 use super::super::{err, Answer, CoreError, ErrorKind, Reply, Ticket};
 use super::{later, Core, OpKind};
 use crate::io::StdioSpec;
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use std::fs;
 use tether_protocol::{CreateParams, CreateResult, EventBody, INIT_PROCESS};
@@ -37,14 +37,14 @@ impl Core {
                 ));
             }
         }
-        let log_path = p.log.as_ref().map(|l| l.path.clone());
-        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr, &log_path])?;
+        self.check_stdio_params(&p.stdin, &p.stdout, &p.stderr, p.log.as_ref())?;
         let spec = StdioSpec {
             stdin: p.stdin,
             stdout: p.stdout,
             stderr: p.stderr,
             log: p.log,
             attach: p.attach,
+            stdin_eof: p.stdin_eof,
             capture: None,
         };
         let (pio, stdio) = crate::io::setup(INIT_PROCESS, bundle.terminal, spec, &self.dir, io)?;
@@ -98,6 +98,10 @@ impl Core {
         };
         // A restored container is running when the runtime returns.
         init.launched(pid, restore);
+        init.io.start_relaying(io, false);
+        if restore {
+            init.io.process_started(io, false);
+        }
         let result = CreateResult {
             pid,
             stdio: init.io.paths.clone(),

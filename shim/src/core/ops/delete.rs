@@ -4,7 +4,7 @@
 use super::super::guards::DeleteHow;
 use super::super::{Answer, CallResult, CoreError, Empty, Reply, Ticket};
 use super::{later, Core, OpKind};
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use tether_protocol::{ContainerStatus, DeleteParams, EventBody, ShutdownParams, INIT_PROCESS};
 

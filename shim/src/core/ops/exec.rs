@@ -8,7 +8,7 @@ use super::super::process::{CaptureWait, Process};
 use super::super::{err, Answer, CoreError, Deferred, ErrorKind, Reply, Ticket};
 use super::{later, remove_files, Core, OpKind};
 use crate::io::{StdioSpec, Stream};
-use crate::reactor::Io;
+use crate::registry::Io;
 use crate::runtime::RuntimeCall;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -26,8 +26,7 @@ impl Core {
         self.can_exec(&p.exec_id)?;
         let spec = bundle::exec_spec(&self.base_process, &p.process)?;
         let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(false);
-        let log_path = p.log.as_ref().map(|l| l.path.clone());
-        self.check_stdio_targets([&p.stdin, &p.stdout, &p.stderr, &log_path])?;
+        self.check_stdio_params(&p.stdin, &p.stdout, &p.stderr, p.log.as_ref())?;
         let n = self.scratch_id();
         let spec_path = self.dir.scratch(n, "exec", "json");
         let json = serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
@@ -50,6 +49,7 @@ impl Core {
             stderr: p.stderr,
             log: p.log,
             attach: p.attach,
+            stdin_eof: p.stdin_eof,
             capture: capture.as_ref().map(|_| capture_limit),
         };
         let (pio, stdio) = match crate::io::setup(&name, terminal, spec, &self.dir, io) {
@@ -119,6 +119,8 @@ impl Core {
             return;
         };
         proc.launched(pid, true);
+        proc.io.start_relaying(io, false);
+        proc.io.process_started(io, false);
         let result = ExecResult {
             exec_id: name.clone(),
             pid,

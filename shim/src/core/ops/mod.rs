@@ -13,9 +13,9 @@ mod start;
 
 use super::api::{Answer, CoreError, Deferred, Empty, ErrorKind, Ticket};
 use super::{err, Core};
-use crate::reactor::Io;
 use crate::reaper::ChildExit;
-use crate::runtime::{failure_message, RuntimeCall, RuntimeStdio};
+use crate::registry::Io;
+use crate::runtime::{failure_message, failure_message_with, RuntimeCall, RuntimeStdio};
 use std::path::PathBuf;
 
 pub enum OpKind {
@@ -30,7 +30,8 @@ pub enum OpKind {
     },
     Start,
     Exec(String),
-    KillAll,
+    /// `runtime kill --all` with this signal.
+    KillAll(i32),
     Pause,
     Resume,
     Update,
@@ -116,7 +117,11 @@ impl Core {
     pub(super) fn finish_op(&mut self, op: Op, exit: ChildExit, io: &mut Io<'_>) {
         // Read the runtime's own account before its log goes.
         let failure = (exit.status != 0).then(|| {
-            let message = failure_message(&op.what, &op.log, op.stderr.as_deref(), &exit.describe());
+            let how = exit.describe();
+            let message = match self.runtime_words(&op.kind) {
+                Some(words) => failure_message_with(&op.what, &op.log, Some(&words), &how),
+                None => failure_message(&op.what, &op.log, op.stderr.as_deref(), &how),
+            };
             crate::log!("{message}");
             err(ErrorKind::RuntimeFailed, message)
         });
@@ -124,9 +129,15 @@ impl Core {
         match op.kind {
             OpKind::Create { restore } => self.finish_create(ticket, restore, failure, io),
             OpKind::CreateCleanup { error } => self.finish_create_cleanup(ticket, error, failure, io),
-            OpKind::Start => self.finish_start(ticket, failure),
+            OpKind::Start => self.finish_start(ticket, failure, io),
             OpKind::Exec(name) => self.finish_exec(ticket, name, failure, io),
-            OpKind::KillAll | OpKind::Update => self.answer(ticket, failure),
+            OpKind::KillAll(signal) => {
+                if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+                    self.thaw_if_killed_while_paused(sig);
+                }
+                self.answer(ticket, failure)
+            }
+            OpKind::Update => self.answer(ticket, failure),
             OpKind::Pause => self.finish_pause_or_resume(ticket, true, failure),
             OpKind::Resume => self.finish_pause_or_resume(ticket, false, failure),
             OpKind::Checkpoint(image_path) => self.finish_checkpoint(ticket, image_path, failure),
@@ -134,6 +145,17 @@ impl Core {
             OpKind::Ps(ref out) => self.finish_ps(ticket, out, failure),
         }
         remove_files(&op.scratch);
+    }
+
+    /// What a failed create or exec printed: its stdout and stderr are the process's
+    /// pipes, held until the call succeeds (see `ProcessIo::take_runtime_words`).
+    fn runtime_words(&mut self, kind: &OpKind) -> Option<String> {
+        let proc = match kind {
+            OpKind::Create { .. } => self.init.as_mut(),
+            OpKind::Exec(name) => self.execs.get_mut(name),
+            _ => None,
+        };
+        proc?.io.take_runtime_words()
     }
 
     /// `{}` on success, else the failure.

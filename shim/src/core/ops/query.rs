@@ -3,7 +3,7 @@
 
 use super::super::{err, Answer, CallResult, Deferred, Empty, ErrorKind, Reply, Ticket};
 use super::Core;
-use crate::reactor::Io;
+use crate::registry::Io;
 use tether_protocol::*;
 
 impl Core {

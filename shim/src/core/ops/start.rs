@@ -3,6 +3,7 @@
 
 use super::super::{err, Answer, CoreError, ErrorKind, Reply, Ticket};
 use super::{later, Core, OpKind};
+use crate::registry::Io;
 use crate::runtime::{RuntimeCall, RuntimeStdio};
 use tether_protocol::{EventBody, PidResult};
 
@@ -32,7 +33,7 @@ impl Core {
         later(started)
     }
 
-    pub(super) fn finish_start(&mut self, ticket: Ticket, failure: Option<CoreError>) {
+    pub(super) fn finish_start(&mut self, ticket: Ticket, failure: Option<CoreError>, io: &mut Io<'_>) {
         let Some(init) = self.init.as_mut() else {
             return;
         };
@@ -40,6 +41,8 @@ impl Core {
         if let Some(e) = failure {
             return self.out.reply(ticket, Err(e));
         }
+        let exited = init.has_exited();
+        init.io.process_started(io, exited);
         let pid = started.or(init.pid()).unwrap_or(0);
         self.out.publish(EventBody::Started { pid });
         self.out.reply(ticket, Ok(Answer::Pid(PidResult { pid })));

@@ -4,7 +4,7 @@
 //! `TYPE HEIGHT WIDTH`: 1 resizes the terminal, 2 reopens the log.
 
 use crate::core::{Call, Core, Reply};
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::{Interest, Token};
 use nix::sys::stat::Mode;
 use std::fs::{File, OpenOptions};

@@ -10,13 +10,12 @@
 //! shared/research/podman-conmon-contract.md.
 
 pub mod args;
-pub mod cli;
 mod ctl;
-mod files;
+pub(crate) mod files;
 
 use crate::core::{Answer, Call, Core, Output, Reply, Ticket};
 use crate::fronts::Front;
-use crate::reactor::{Io, Owner, Readiness};
+use crate::registry::{Io, Owner, Readiness};
 use mio::Token;
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
@@ -69,7 +68,7 @@ pub struct ExecSession {
     /// `_OCI_ATTACHPIPE`: told `{"data": 0}` once the attach socket listens.
     pub attach_pipe: Option<OwnedFd>,
     /// The start pipe, held open: the runtime call waits on it for podman's second
-    /// byte (sent once podman is attached) before it runs `runtime exec` (cli::gate).
+    /// byte (sent once podman is attached) before it runs `runtime exec` (conmon_cli::gate).
     pub start_pipe: Option<OwnedFd>,
 }
 

@@ -8,7 +8,7 @@ use super::service::{status, Handled, PendingExec, Service, Status, Then, MAX_PE
 use super::stdio::{self, Owner};
 use super::ttrpc::code;
 use crate::core::{Call, Core};
-use crate::reactor::Io;
+use crate::registry::Io;
 use prost::Message;
 use tether_protocol::*;
 
@@ -65,6 +65,8 @@ impl Service {
                 image_path: r.checkpoint,
                 ..Default::default()
             }),
+            // containerd's rule for stdin (see CONTAINERD.md, "Stdin").
+            stdin_eof: StdinEof::WritersGoneBeforeStart,
             ..Default::default()
         };
         let handled = self.ask(core, io, Call::Create(params), Then::Create);
@@ -193,6 +195,7 @@ impl Service {
             stdin,
             stdout,
             stderr,
+            stdin_eof: StdinEof::WritersGoneBeforeStart,
             ..Default::default()
         };
         let handled = self.ask(core, io, Call::Exec(params), Then::StartExec);

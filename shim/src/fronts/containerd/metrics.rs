@@ -62,8 +62,27 @@ mod v1 {
 
     #[derive(Clone, PartialEq, Message)]
     pub struct MemoryStat {
+        #[prost(uint64, tag = "18")]
+        pub total_cache: u64,
+        #[prost(uint64, tag = "19")]
+        pub total_rss: u64,
+        #[prost(uint64, tag = "21")]
+        pub total_mapped_file: u64,
+        #[prost(uint64, tag = "26")]
+        pub total_pg_fault: u64,
+        #[prost(uint64, tag = "27")]
+        pub total_pg_maj_fault: u64,
+        #[prost(uint64, tag = "30")]
+        pub total_inactive_file: u64,
+        #[prost(uint64, tag = "31")]
+        pub total_active_file: u64,
         #[prost(message, optional, tag = "33")]
         pub usage: Option<MemoryEntry>,
+        /// memory+swap, as containerd's cgroups library reports it.
+        #[prost(message, optional, tag = "34")]
+        pub swap: Option<MemoryEntry>,
+        #[prost(message, optional, tag = "35")]
+        pub kernel: Option<MemoryEntry>,
     }
 
     #[derive(Clone, PartialEq, Message)]
@@ -184,12 +203,29 @@ pub fn metrics(s: &Stats) -> Any {
                     throttled_time: n(s.cpu.throttled_ns),
                 }),
             }),
+            // Every entry present, as containerd's runc shim sends them (containerd's
+            // CRI reports a metric only when its entry is there).
             memory: Some(v1::MemoryStat {
+                total_cache: n(s.memory.cache),
+                total_rss: n(s.memory.rss),
+                total_mapped_file: n(s.memory.mapped_file),
+                total_pg_fault: n(s.memory.pgfault),
+                total_pg_maj_fault: n(s.memory.pgmajfault),
+                total_inactive_file: n(s.memory.inactive_file),
+                total_active_file: n(s.memory.active_file),
                 usage: Some(v1::MemoryEntry {
                     limit: s.memory.limit.unwrap_or(V1_UNLIMITED),
                     usage: n(s.memory.usage),
                     max: n(s.memory.max_usage),
                     failcnt: n(s.memory.failcnt),
+                }),
+                swap: Some(v1::MemoryEntry {
+                    usage: n(s.memory.usage) + n(s.memory.swap_usage),
+                    ..Default::default()
+                }),
+                kernel: Some(v1::MemoryEntry {
+                    usage: n(s.memory.kernel_usage),
+                    ..Default::default()
                 }),
             }),
             blkio: Some(v1::BlkIoStat {
@@ -254,8 +290,11 @@ mod tests {
         let a = metrics(&s);
         assert_eq!(a.type_url, "io.containerd.cgroups.v1.Metrics");
         let m = v1::Metrics::decode(a.value.as_slice()).unwrap();
-        let usage = m.memory.unwrap().usage.unwrap();
+        let memory = m.memory.unwrap();
+        let usage = memory.usage.unwrap();
         assert_eq!((usage.usage, usage.limit), (4096, V1_UNLIMITED));
+        assert_eq!(memory.swap.map(|e| e.usage), Some(4096), "memory+swap");
+        assert_eq!(memory.kernel.map(|e| e.usage), Some(0));
         assert_eq!(m.pids.unwrap().current, 2);
         s.cgroup_version = 2;
         s.cpu.usage_ns = Some(5_000);

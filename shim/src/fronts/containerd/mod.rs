@@ -8,22 +8,22 @@
 //! answered ResourceExhausted), at most MAX_PENDING calls waiting for an answer, at
 //! most 8 MiB of answers queued; a closed connection releases all it held.
 
-pub mod cli;
-mod events;
+pub(crate) mod events;
 mod lifecycle;
 mod metrics;
-mod mounts;
-mod proto;
+pub(crate) mod mounts;
+pub(crate) mod options;
+pub(crate) mod proto;
 mod publisher;
 mod service;
-mod sha256;
+pub(crate) mod sha256;
 mod stdio;
 mod ttrpc;
 
 use crate::core::{Core, Output, Ticket};
 use crate::fronts::listener::{Backlog, Listener};
 use crate::fronts::Front;
-use crate::reactor::{Io, Owner, Readiness};
+use crate::registry::{Io, Owner, Readiness};
 use mio::Token;
 use prost::Message;
 use publisher::Publisher;

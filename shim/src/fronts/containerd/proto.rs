@@ -426,12 +426,81 @@ pub struct ForwardRequest {
     pub envelope: Option<Envelope>,
 }
 
-/// containerd 2.x's `-info`: the shim describes itself (containerd.types.RuntimeInfo).
+/// containerd 2.x's `-info`: the shim describes itself (containerd.types.RuntimeInfo,
+/// api/types/introspection.proto).
 #[derive(Clone, PartialEq, Message)]
 pub struct RuntimeInfo {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub version: Option<RuntimeVersion>,
+    /// The OCI runtime's `features` (runtime-spec features.md), JSON in an Any.
+    #[prost(message, optional, tag = "4")]
+    pub features: Option<Any>,
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RuntimeVersion {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(string, tag = "2")]
+    pub revision: String,
+}
+
+/// The type URL containerd registers the runtime-spec's `features.Features` under
+/// (a JSON-encoded type).
+pub const OCI_FEATURES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
+// ---- the shim's start (api/runtime/bootstrap/v1/bootstrap.proto, containerd 2.3+) ----
+
+/// What containerd 2.3+ writes to `start`'s stdin.
+#[derive(Clone, PartialEq, Message)]
+pub struct BootstrapParams {
+    #[prost(string, tag = "1")]
+    pub instance_id: String,
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+    #[prost(string, tag = "4")]
+    pub containerd_version: String,
+    #[prost(string, tag = "5")]
+    pub containerd_ttrpc_address: String,
+    #[prost(message, repeated, tag = "8")]
+    pub extensions: Vec<Extension>,
+    #[prost(string, optional, tag = "9")]
+    pub socket_dir: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Extension {
+    #[prost(message, optional, tag = "1")]
+    pub value: Option<Any>,
+}
+
+/// What `start` answers a containerd that sent BootstrapParams.
+#[derive(Clone, PartialEq, Message)]
+pub struct BootstrapResult {
+    #[prost(int32, tag = "1")]
+    pub version: i32,
+    #[prost(string, tag = "2")]
+    pub address: String,
+    #[prost(string, tag = "3")]
+    pub protocol: String,
+}
+
+/// containerd's runc options (api/types/runc/options/oci.proto, `containerd.runc.v1.Options`):
+/// the runtime handler's `options` table in containerd's CRI config.
+#[derive(Clone, PartialEq, Message)]
+pub struct RuncOptions {
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    #[prost(bool, tag = "9")]
+    pub systemd_cgroup: bool,
+}
+
+/// The type URL of [`RuncOptions`] (containerd registers messages by their full name).
+pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
 /// `Timestamp` from an RFC 3339 string the core wrote (None if it is not one).
 pub fn timestamp(rfc3339: &str) -> Option<Timestamp> {

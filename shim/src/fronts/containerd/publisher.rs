@@ -11,7 +11,7 @@ use super::proto::{ForwardRequest, KeyValue, Request, Response};
 use super::ttrpc::{self, Input, Link};
 use crate::core::{Core, CoreError};
 use crate::events::Stored;
-use crate::reactor::{Io, Owner};
+use crate::registry::{Io, Owner};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
 use prost::Message;

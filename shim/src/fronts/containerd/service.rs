@@ -13,7 +13,7 @@ use super::proto::{self, Any, TaskStatus};
 use super::stdio::Logger;
 use super::ttrpc::code;
 use crate::core::{Answer, Call, CallResult, Core, CoreError, ErrorKind, Reply, Ticket};
-use crate::reactor::Io;
+use crate::registry::Io;
 use mio::Token;
 use prost::Message;
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::core::testing::{fake_core, Recorded};
-use crate::reactor::Routes;
+use crate::registry::Routes;
 use mio::Poll;
 use serde_json::{json, Map, Value};
 use std::io::Read;

@@ -14,7 +14,7 @@ mod request;
 use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
 use crate::fronts::listener::{Backlog, Listener};
 use crate::fronts::Front;
-use crate::reactor::{Io, Owner, Readiness};
+use crate::registry::{Io, Owner, Readiness};
 use conn::{Conn, Input, MAX_QUEUED, PAUSE_READING_AT};
 use mio::Token;
 use std::collections::HashMap;

@@ -10,10 +10,11 @@
 //! the container pid file (`-p`): `$RUNROOT/overlay-containers/ID/userdata/tether`
 //! under Podman.
 
-use super::args::{self, Args, LogTarget};
-use super::{Conmon, Settings};
-use crate::launch::{self, LaunchOptions, ShimHooks};
+use crate::fronts::conmon::args::{self, Args, LogTarget};
+use crate::fronts::conmon::{files, Conmon, ExecSession, Settings};
+use crate::launch::{self, ShimHooks};
 use crate::runtime::Runtime;
+use crate::state_dir::LaunchOptions;
 use crate::state_dir::{self, StateDir};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -62,7 +63,7 @@ pub fn main() -> i32 {
             eprintln!("tether-conmon: {e}");
             if let Some(fd) = &sync {
                 let key = if a.api_version { "data" } else { "pid" };
-                let _ = super::files::sync_message(fd, key, -1, Some(&e));
+                let _ = files::sync_message(fd, key, -1, Some(&e));
             }
             1
         }
@@ -196,7 +197,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
                 std::env::set_var(GATE_RUNTIME, &runtime_path);
                 runtime_path = me.display().to_string();
             }
-            Some(super::ExecSession {
+            Some(ExecSession {
                 id,
                 spec,
                 attach_pipe,

@@ -8,17 +8,21 @@
 //! - `delete`: after a shim died, kills what is left, deletes the runtime's state,
 //!   unmounts the rootfs and prints a protobuf DeleteResponse. Idempotent.
 //!
-//! Environment: TTRPC_ADDRESS (containerd's, for events), TETHER_RUNTIME (default
-//! runc), TETHER_RUNTIME_ROOT (default /run/containerd/runc/NS, as containerd's runc
-//! shim), TETHER_STATE_ROOT (default /run/tether/containerd), TETHER_SOCKET_DIR
-//! (default /run/containerd/s).
+//! containerd's runtime options (`BinaryName`, `Root`, `SystemdCgroup`; on stdin, see
+//! `options.rs`) come first; then the environment: TTRPC_ADDRESS (containerd's, for
+//! events), TETHER_RUNTIME (default runc), TETHER_RUNTIME_ROOT (default
+//! /run/containerd/runc/NS, as containerd's runc shim), TETHER_STATE_ROOT (default
+//! /run/tether/containerd), TETHER_SOCKET_DIR (default /run/containerd/s; containerd
+//! 2.3+'s socket_dir comes first).
 
-use super::proto::{self, DeleteResponse};
-use super::{mounts, sha256, Config, Containerd};
-use crate::cleanup::{self, pid_alive, read_pid, Remains};
-use crate::launch::{self, LaunchOptions};
+use crate::cleanup::{self, Remains};
+use crate::fronts::containerd::options::{self, RuntimeOptions, StartInput};
+use crate::fronts::containerd::proto::{self, BootstrapResult, DeleteResponse};
+use crate::fronts::containerd::{events, mounts, sha256, Config, Containerd};
+use crate::launch;
+use crate::reaper::pid_alive;
 use crate::runtime::Runtime;
-use crate::state_dir::{self, StateDir};
+use crate::state_dir::{self, LaunchOptions, StateDir};
 use prost::Message;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +43,15 @@ const VALUE_FLAGS: [&str; 7] = [
 const SOCKET_PATH_MAX: usize = 107;
 /// What `start` reads of its stdin (containerd's runtime options or bootstrap params).
 const STDIN_LIMIT: u64 = 10 << 20;
+/// The shim version of this shim's BootstrapResult: 2, task API v2, one shim per
+/// container. Not 3 (task API v3, which the shim also serves): containerd 2.x takes a
+/// version 3 pod sandbox's shim for one that groups the pod's containers and sends
+/// them all to it instead of starting a shim per container (containerd PR 11793,
+/// core/runtime/v2/shim_manager.go). A version 2 shim gets `start` and `delete` for
+/// every container.
+const BOOTSTRAP_VERSION: i32 = 2;
+/// In the bundle: how the shim called the runtime, for `delete` once the state is gone.
+const BUNDLE_RUNTIME_FILE: &str = "tether-runtime.json";
 
 #[derive(Default, Debug)]
 struct Flags {
@@ -100,10 +113,7 @@ pub fn main() -> i32 {
         return 0;
     }
     if f.info {
-        let info = proto::RuntimeInfo {
-            name: "io.containerd.tether.v2".to_string(),
-        };
-        return write_out(&info.encode_to_vec());
+        return info();
     }
     let result = match f.action.as_deref() {
         Some("start") => start(&f),
@@ -120,6 +130,52 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `-info` (containerd 2.x asks it of every runtime handler, the runtime's options on
+/// stdin): name, version, and the OCI runtime's `features` as containerd's runc shim
+/// reports them. containerd's CRI reads recursive read-only mounts and user namespace
+/// support from them; without them it takes the handler to have neither.
+fn info() -> i32 {
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().lock().take(STDIN_LIMIT).read_to_end(&mut bytes) {
+        eprintln!("{NAME}: cannot read the runtime options on stdin: {e}");
+        return 1;
+    }
+    let options = match proto::Any::decode(bytes.as_slice()) {
+        Ok(any) if !bytes.is_empty() => match options::from_any(&any) {
+            Ok(o) => o.unwrap_or_default(),
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return 1;
+            }
+        },
+        _ => RuntimeOptions::default(),
+    };
+    let binary = options
+        .binary_name
+        .unwrap_or_else(|| env_or("TETHER_RUNTIME", "runc"));
+    // A runtime without `features` (youki 0.7) leaves them out, as the runc shim does.
+    let features = std::process::Command::new(&binary)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success() && o.stdout.first() == Some(&b'{'))
+        .map(|o| proto::Any {
+            type_url: proto::OCI_FEATURES_TYPE.to_string(),
+            value: o.stdout,
+        });
+    let info = proto::RuntimeInfo {
+        name: "io.containerd.tether.v2".to_string(),
+        version: Some(proto::RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: String::new(),
+        }),
+        features,
+    };
+    write_out(&info.encode_to_vec())
 }
 
 fn write_out(bytes: &[u8]) -> i32 {
@@ -142,8 +198,12 @@ fn env_or(name: &str, default: &str) -> String {
 
 /// The task API's socket: SOCKET_DIR/sha256(ADDRESS/NS/ID), as containerd's shims
 /// name theirs (unique per containerd, namespace and task; always short enough).
-fn socket_path(f: &Flags) -> PathBuf {
-    let dir = env_or("TETHER_SOCKET_DIR", "/run/containerd/s");
+/// SOCKET_DIR: containerd's (2.3+ says it), else TETHER_SOCKET_DIR, else /run/containerd/s.
+fn socket_path(f: &Flags, socket_dir: Option<&str>) -> PathBuf {
+    let dir = match socket_dir {
+        Some(d) => d.to_string(),
+        None => env_or("TETHER_SOCKET_DIR", "/run/containerd/s"),
+    };
     let key = format!("{}/{}/{}", f.address.trim_end_matches('/'), f.namespace, f.id);
     Path::new(&dir).join(sha256::hex(key.as_bytes()))
 }
@@ -160,14 +220,24 @@ pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
         .join(&sha256::hex(format!("{namespace}/{id}").as_bytes())[..32])
 }
 
-/// The OCI runtime, and its root as containerd's runc shim keeps it.
-fn runtime(f: &Flags) -> Runtime {
-    Runtime {
-        path: env_or("TETHER_RUNTIME", "runc"),
-        root: Some(env_or(
+/// The OCI runtime, and its root as containerd's runc shim keeps it: containerd's
+/// runtime options first (`Root` joined with the namespace, as the runc shim does),
+/// then the environment, then runc's defaults.
+fn runtime(f: &Flags, o: &RuntimeOptions) -> Runtime {
+    let root = match &o.root {
+        Some(r) => Path::new(r).join(&f.namespace).display().to_string(),
+        None => env_or(
             "TETHER_RUNTIME_ROOT",
             &format!("/run/containerd/runc/{}", f.namespace),
-        )),
+        ),
+    };
+    Runtime {
+        path: o
+            .binary_name
+            .clone()
+            .unwrap_or_else(|| env_or("TETHER_RUNTIME", "runc")),
+        root: Some(root),
+        systemd_cgroup: o.systemd_cgroup,
         ..Default::default()
     }
 }
@@ -192,17 +262,18 @@ fn bundle(f: &Flags) -> Result<PathBuf, String> {
 fn start(f: &Flags) -> Result<(), String> {
     checked(f)?;
     launch::reexec_with_malloc_tunables();
-    drain_stdin();
+    let input = read_stdin(f)?;
     let bundle = bundle(f)?;
-    let socket = socket_path(f);
+    let socket = socket_path(f, input.socket_dir.as_deref());
     let address = format!("unix://{}", socket.display());
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         // This task's shim is already serving (a repeated start): the same answer.
-        return announce(&bundle, &address, None);
+        return announce(&bundle, &address, None, input.bootstrap);
     }
     let _ = std::fs::remove_file(&socket);
     let state_dir = state_dir_for(&f.namespace, &f.id);
-    let runtime = runtime(f);
+    let runtime = runtime(f, &input.options);
+    save_runtime(&bundle, &runtime)?;
     let events = std::env::var("TTRPC_ADDRESS")
         .ok()
         .filter(|a| !a.is_empty())
@@ -228,19 +299,38 @@ fn start(f: &Flags) -> Result<(), String> {
     });
     raise_oom_score();
     let dir = launch::spawn(opts, Some(extra))?;
-    announce(&bundle, &address, Some(&dir))
+    announce(&bundle, &address, Some(&dir), input.bootstrap)
 }
 
-/// containerd writes runtime options (1.6/1.7) or bootstrap params (2.x) to the
-/// shim's stdin; the shim is configured by its environment instead. Read so the
-/// writer never blocks. Not inlined: the copy's 8 KiB buffer must not sit in the
-/// frame the shim forks from, whose pages it would keep for life.
+/// containerd writes runtime options (1.6 to 2.2) or bootstrap params (2.3+) to the
+/// shim's stdin (options.rs). Read whole, so the writer never blocks. Not inlined:
+/// its buffers must not sit in the frame the shim forks from, whose pages it would
+/// keep for life.
 #[inline(never)]
-fn drain_stdin() {
-    let _ = std::io::copy(
-        &mut std::io::stdin().lock().take(STDIN_LIMIT),
-        &mut std::io::sink(),
-    );
+fn read_stdin(f: &Flags) -> Result<StartInput, String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(STDIN_LIMIT)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read containerd's options on stdin: {e}"))?;
+    options::parse_start_input(&bytes, &f.namespace, &f.id)
+}
+
+/// Writes how the runtime is called into the bundle, for a `delete` after the
+/// shim's own state is gone (it has no options then).
+fn save_runtime(bundle: &Path, runtime: &Runtime) -> Result<(), String> {
+    let file = bundle.join(BUNDLE_RUNTIME_FILE);
+    let json = serde_json::to_vec(runtime).map_err(|e| format!("runtime options: {e}"))?;
+    state_dir::write_atomic(&file, &json).map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+/// What `save_runtime` wrote, or the defaults (no options) if nothing was written.
+fn saved_runtime(bundle: &Path, f: &Flags) -> Runtime {
+    std::fs::read(bundle.join(BUNDLE_RUNTIME_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| runtime(f, &RuntimeOptions::default()))
 }
 
 /// As containerd's own shims: one point more likely than containerd to be picked by
@@ -272,8 +362,10 @@ fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, String> {
     Ok(listener)
 }
 
-/// Writes the bundle's `address` (and the `tether-state` link), prints the address.
-fn announce(bundle: &Path, address: &str, state: Option<&StateDir>) -> Result<(), String> {
+/// Writes the bundle's `address` (and the `tether-state` link), prints the address:
+/// a BootstrapResult to a containerd that sent BootstrapParams (2.3+), else the plain
+/// address (a version 2 shim to 1.6 to 2.2).
+fn announce(bundle: &Path, address: &str, state: Option<&StateDir>, bootstrap: bool) -> Result<(), String> {
     let file = bundle.join("address");
     state_dir::write_atomic(&file, address.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
@@ -288,7 +380,17 @@ fn announce(bundle: &Path, address: &str, state: Option<&StateDir>) -> Result<()
             );
         }
     }
-    match write_out(address.as_bytes()) {
+    let out = if bootstrap {
+        BootstrapResult {
+            version: BOOTSTRAP_VERSION,
+            address: address.to_string(),
+            protocol: "ttrpc".to_string(),
+        }
+        .encode_to_vec()
+    } else {
+        address.as_bytes().to_vec()
+    };
+    match write_out(&out) {
         0 => Ok(()),
         _ => Err("stdout is gone".to_string()),
     }
@@ -299,7 +401,7 @@ fn delete(f: &Flags) -> Result<(), String> {
     let bundle = bundle(f)?;
     let dir = StateDir::new(state_dir_for(&f.namespace, &f.id));
     stop_dead_shim(&dir);
-    let remains = match cleanup::read_options(&dir) {
+    let remains = match dir.read_options() {
         Ok(options) => cleanup::clean_up_remains(&dir, &options).unwrap_or_else(|e| {
             eprintln!("{NAME}: {e}");
             no_remains()
@@ -308,7 +410,7 @@ fn delete(f: &Flags) -> Result<(), String> {
             // No state (the shim removed it at Delete): make sure of the runtime anyway.
             // Its log is not in the bundle: containerd may be removing that meanwhile.
             let log = std::env::temp_dir().join(format!("tether-delete-{}.log", std::process::id()));
-            if let Err(e) = cleanup::runtime_delete_force(&runtime(f), &f.id, &log) {
+            if let Err(e) = cleanup::runtime_delete_force(&saved_runtime(&bundle, f), &f.id, &log) {
                 eprintln!("{NAME}: {e}");
             }
             no_remains()
@@ -317,12 +419,17 @@ fn delete(f: &Flags) -> Result<(), String> {
     if let Err(e) = mounts::unmount_all(&bundle.join("rootfs")) {
         eprintln!("{NAME}: {e}");
     }
-    let _ = std::fs::remove_file(socket_path(f));
+    // The socket `start` announced (its dir may have been containerd's choice).
+    let socket = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .and_then(|a| a.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| socket_path(f, None));
+    let _ = std::fs::remove_file(socket);
     let now = || proto::timestamp(&tether_protocol::time::now());
     let response = match (&remains.recorded, remains.killed) {
         (Some(r), _) => DeleteResponse {
             pid: r.pid as u32,
-            exit_status: super::events::exit_status(r),
+            exit_status: events::exit_status(r),
             exited_at: proto::timestamp(&r.exited_at),
         },
         // Killed here by SIGKILL: 128 + 9, as containerd's runc shim reports.
@@ -355,7 +462,7 @@ fn no_remains() -> Remains {
 /// containerd runs `delete` once it lost the shim; a shim still alive then (hung)
 /// is killed, so that what follows does not race with it.
 fn stop_dead_shim(dir: &StateDir) {
-    let Some(pid) = read_pid(&dir.shim_pid()).filter(|p| pid_alive(*p)) else {
+    let Some(pid) = dir.live_shim() else {
         return;
     };
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -399,7 +506,7 @@ mod tests {
             id: "x".repeat(76),
             ..Default::default()
         };
-        let s = socket_path(&f);
+        let s = socket_path(&f, None);
         assert!(s.as_os_str().len() <= SOCKET_PATH_MAX, "{}", s.display());
         assert_eq!(s.file_name().map(|n| n.len()), Some(64));
         let long = state_dir_for(&"n".repeat(76), &"i".repeat(76));
