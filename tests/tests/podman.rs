@@ -161,6 +161,7 @@ impl Drop for Podman {
         let _ = Command::new("umount")
             .arg("-l")
             .arg(self.dir.join("root/overlay"))
+            .stderr(Stdio::null())
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -752,5 +753,23 @@ fn a_published_port_is_held_until_exit() {
         wait_until(Duration::from_secs(30), "the port to be free", || {
             std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
         });
+    }
+}
+
+#[test]
+fn foreground_output_reaches_podman_whole() {
+    let (t, c) = pair("big");
+    // 16 MiB as fast as the container can write it: podman's attach reads more
+    // slowly, and must still get every byte (the output waits for it).
+    let cmd = [
+        "sh",
+        "-c",
+        "yes 0123456789012345678901234567890123456789012345678901234567890123456789 | head -c 16777216",
+    ];
+    for p in [&t, &c] {
+        let r = p.run_ctr(&["--name", "g1"], &cmd);
+        assert_eq!((r.code, r.stdout.len()), (0, 16 << 20), "{}", r.stderr);
+        let lines = log_text(&p.bundle("g1").join("ctr.log")).lines().count();
+        assert_eq!(lines, (16 << 20) / 71 + 1, "the log holds every line");
     }
 }
