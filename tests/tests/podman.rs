@@ -21,12 +21,28 @@ fn require_podman() {
         nix_is_root(),
         "the podman tests need root (podman with cgroupfs, runc)"
     );
-    for bin in ["/usr/bin/podman", STOCK_CONMON, "/usr/bin/runc"] {
+    for bin in ["/usr/bin/podman", STOCK_CONMON] {
         assert!(
-            Path::new(bin).exists() || (bin == "/usr/bin/runc" && Path::new("/usr/sbin/runc").exists()),
+            Path::new(bin).exists(),
             "{bin} is missing: run scripts/setup (it installs podman and conmon)"
         );
     }
+    runc();
+}
+
+/// runc's path (podman is given `--runtime runc` and finds it in PATH the same way).
+fn runc() -> String {
+    let found = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("runc"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_default();
+    found
+        .expect("runc is not in PATH: run scripts/setup")
+        .display()
+        .to_string()
 }
 
 fn nix_is_root() -> bool {
@@ -563,6 +579,7 @@ fn bad_input_is_refused_as_conmon_refuses_it() {
     let dir = std::env::temp_dir().join(unique_id("tp-bad"));
     fs::create_dir_all(&dir).unwrap();
     let pidfile = dir.join("pidfile").display().to_string();
+    let runc = runc();
     let args = [
         "--api-version",
         "-c",
@@ -570,7 +587,7 @@ fn bad_input_is_refused_as_conmon_refuses_it() {
         "-u",
         "tp-bad",
         "-r",
-        "/usr/sbin/runc",
+        &runc,
         "-b",
         "/nonexistent-bundle",
         "-p",
