@@ -203,13 +203,7 @@ impl Bench {
                 }
                 std::thread::sleep(Duration::from_millis(500));
                 let pids: Vec<i32> = all.iter().filter_map(|r| self.monitor_pid(r)).collect();
-                let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
-                std::thread::sleep(plan.wake_window);
-                let woken: u64 = pids
-                    .iter()
-                    .zip(&before)
-                    .map(|(p, b)| switches(*p).saturating_sub(*b))
-                    .sum();
+                let woken = wakeups_over(&pids, plan.wake_window);
                 let mem: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
                 let k = pids.len() as f64;
                 let point = json!({
