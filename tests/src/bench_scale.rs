@@ -581,6 +581,13 @@ pub fn scale_svg(scale: &Value) -> String {
         ));
         n *= 10.0;
     }
+    if xmax.log10().fract() > 0.0 {
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xmax}</text>\n",
+            x(xmax),
+            h - bottom + 16.0
+        ));
+    }
     for kb in [10.0, 100.0, 1000.0, 10000.0] {
         if kb <= ymax * 1.5 {
             svg.push_str(&format!(
