@@ -44,8 +44,8 @@ pub fn reexec_with_malloc_tunables() {
     eprintln!("tether-shim: re-exec for malloc tunables failed ({err}); going on without");
 }
 
-/// A front added beside the JSON-RPC one, made in the shim once its loop exists
-/// (before it reports ready): the containerd front binds its socket here.
+/// A front added beside the JSON-RPC one, made in the launcher once the shim's loop
+/// exists (before the fork): the containerd front binds its socket here.
 pub type ExtraFront = Box<dyn FnOnce(&mut Reactor) -> Result<(), String>>;
 
 /// Runs the launcher; returns the process exit code.

@@ -203,13 +203,7 @@ impl Bench {
                 }
                 std::thread::sleep(Duration::from_millis(500));
                 let pids: Vec<i32> = all.iter().filter_map(|r| self.monitor_pid(r)).collect();
-                let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
-                std::thread::sleep(plan.wake_window);
-                let woken: u64 = pids
-                    .iter()
-                    .zip(&before)
-                    .map(|(p, b)| switches(*p).saturating_sub(*b))
-                    .sum();
+                let woken = wakeups_over(&pids, plan.wake_window);
                 let mem: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
                 let k = pids.len() as f64;
                 let point = json!({
@@ -586,6 +580,13 @@ pub fn scale_svg(scale: &Value) -> String {
             h - bottom + 16.0
         ));
         n *= 10.0;
+    }
+    if xmax.log10().fract() > 0.0 {
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xmax}</text>\n",
+            x(xmax),
+            h - bottom + 16.0
+        ));
     }
     for kb in [10.0, 100.0, 1000.0, 10000.0] {
         if kb <= ymax * 1.5 {

@@ -352,6 +352,16 @@ fn switches(pid: i32) -> u64 {
         .sum()
 }
 
+/// Wakeups of all `pids` together over `window`, left idle meanwhile.
+fn wakeups_over(pids: &[i32], window: Duration) -> u64 {
+    let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
+    std::thread::sleep(window);
+    pids.iter()
+        .zip(&before)
+        .map(|(p, b)| switches(*p).saturating_sub(*b))
+        .sum()
+}
+
 /// Descriptors `pid` holds.
 fn open_fds(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1050,13 +1060,7 @@ impl Bench {
         } else {
             WAKE_WINDOW
         };
-        let before: Vec<u64> = pids.iter().map(|p| switches(*p)).collect();
-        std::thread::sleep(window);
-        let woken: u64 = pids
-            .iter()
-            .zip(&before)
-            .map(|(p, b)| switches(*p).saturating_sub(*b))
-            .sum();
+        let woken = wakeups_over(pids, window);
         let all: Vec<(f64, f64, f64)> = pids.iter().map(|p| smaps(*p)).collect();
         let n = pids.len() as f64;
         self.record("idle_wakeups_per_s", sys, woken as f64 / n / window.as_secs_f64());
