@@ -239,3 +239,44 @@ pub fn import_image(e: &Env) -> &'static str {
     e.ctd.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
     name
 }
+
+/// A PTY of the given size: (master, slave); the master is close-on-exec.
+pub fn openpty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds; name and termios are null, winsize is ours.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: F_SETFD on the master we just got: ctr must not inherit it.
+    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: fresh descriptors owned by nobody else.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+/// Runs `cmd` (ctr) with `slave` as its stdio and controlling terminal, as from a
+/// shell.
+pub fn on_terminal(cmd: &mut Command, slave: std::os::fd::OwnedFd) {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::from(slave.try_clone().expect("dup slave")))
+        .stdout(std::process::Stdio::from(slave.try_clone().expect("dup slave")))
+        .stderr(std::process::Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+}

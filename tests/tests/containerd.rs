@@ -7,8 +7,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,24 +62,6 @@ fn run_rm_gives_output_exit_code_and_stdin() {
     e.assert_clean("c2", None);
 }
 
-/// A PTY of the given size: (master, slave).
-fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two fds; name and termios are null, winsize is ours.
-    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: F_SETFD on the master we just got: ctr must not inherit it.
-    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-}
-
 /// Reads `master` until `want` appears (or 20 s); all that was read.
 fn read_until(master: &mut fs::File, seen: &mut String, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -118,18 +99,7 @@ const RESIZE_SCRIPT: &str = "s() { stty size 2>/dev/null; }; \
 /// the second (ctr forwards SIGWINCH as ResizePty).
 fn drive_resize(mut cmd: Command) {
     let (master, slave) = openpty(30, 100);
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; ctr gets the PTY as its
-    // controlling terminal, as from a shell.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
-            Ok(())
-        });
-    }
+    on_terminal(&mut cmd, slave);
     let mut child = cmd.spawn().unwrap();
     let mut master = fs::File::from(master);
     let mut seen = String::new();

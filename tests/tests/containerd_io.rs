@@ -6,8 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_tests::containerd::*;
@@ -210,44 +209,13 @@ fn sigkill_ends_a_paused_task() {
     }
 }
 
-/// A PTY: (master, slave).
-fn openpty() -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (-1, -1);
-    // SAFETY: openpty writes two fds; name, termios and winsize are null.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: F_SETFD on the master we just got: ctr must not inherit it.
-    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-}
-
 /// `ctr run --rm -t ... sh -c 'seq 1 300000; exit 4'` on a PTY, read to the end:
 /// (lines, exit code).
 fn terminal_tail(e: &Env, runtime: &str, id: &str) -> (usize, Option<i32>) {
-    let (master, slave) = openpty();
+    let (master, slave) = openpty(30, 100);
     let script = "seq 1 300000; exit 4";
     let mut cmd = e.run_on(runtime, &["--rm", "-t"], id, &["/bin/sh", "-c", script]);
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; ctr gets the PTY as its
-    // controlling terminal, as from a shell.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
-            Ok(())
-        });
-    }
+    on_terminal(&mut cmd, slave);
     let mut child = cmd.spawn().unwrap();
     drop(cmd);
     let mut master = fs::File::from(master);
