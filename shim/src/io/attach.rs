@@ -7,9 +7,9 @@
 //! [`QUEUE_BOUND`] queued, the process's output is not read (it waits, as it would
 //! behind conmon or containerd), so memory stays bounded. A client that reads nothing
 //! for [`STALL`] while it holds output back is cut off: it gets no more output, only
-//! a last packet with the reason (stream byte 4, which Podman and CRI-O log and
-//! ignore), sent when its socket takes it, then EOF; the process, its log and the
-//! other clients carry on. When the process's output ends, each client gets what is
+//! a last packet with the reason (stream byte 4; podman 4.3.1's attach takes it
+//! for an error and ends), sent when its socket takes it, then EOF; the process, its
+//! log and the other clients carry on. When the process's output ends, each client gets what is
 //! queued for it (the exit waits for that, up to a stall), then EOF.
 
 use super::Stream;
