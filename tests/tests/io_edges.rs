@@ -229,12 +229,14 @@ fn an_exec_failure_said_only_on_stderr_reaches_the_client() {
 /// Lines of `len` bytes, `count` of them on each stream, then an unterminated last
 /// line on each ("tail", "err-tail"): (script, bytes written to stdout, to stderr).
 fn lines_script(len: usize, count: usize) -> (String, u64, u64) {
-    let script = format!(
-        "s=$(head -c {len} /dev/zero | tr '\\0' x); yes \"$s\" | head -n {count}; \
-         yes \"$s\" | head -n {count} >&2; printf tail; printf err-tail >&2"
+    // awk, not `yes | head`: no SIGPIPE in play (youki leaves it ignored, and yes
+    // would then complain on stderr).
+    let lines = format!(
+        "awk 'BEGIN {{ s = \"\"; while (length(s) < {len}) s = s \"x\"; for (i = 0; i < {count}; i++) print s }}'"
     );
-    let lines = (count * (len + 1)) as u64;
-    (script, lines + 4, lines + 8)
+    let script = format!("{lines}; {lines} >&2; printf tail; printf err-tail >&2");
+    let bytes = (count * (len + 1)) as u64;
+    (script, bytes + 4, bytes + 8)
 }
 
 /// What a CRI log holds of each stream, as the process wrote it: an `F` record's
