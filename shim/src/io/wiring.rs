@@ -314,18 +314,26 @@ impl ProcessIo {
     }
 
     /// The runtime call that made the process succeeded: its stdio starts moving.
-    pub fn start_relaying(&mut self, io: &mut Io<'_>, exited: bool) {
+    /// `running`: the call also started it (an exec, a restore), as
+    /// [`process_started`](Self::process_started) says.
+    pub fn start_relaying(&mut self, io: &mut Io<'_>, running: bool) {
         self.held = false;
+        if running {
+            self.stdin_started();
+        }
+        self.pump(io, false);
+    }
+
+    /// The process has started (init: `start`): see [`Relay::process_started`].
+    pub fn process_started(&mut self, io: &mut Io<'_>, exited: bool) {
+        self.stdin_started();
         self.pump(io, exited);
     }
 
-    /// The process has started (init: `start`; an exec: at once): see
-    /// [`Relay::process_started`].
-    pub fn process_started(&mut self, io: &mut Io<'_>, exited: bool) {
+    fn stdin_started(&mut self) {
         for relay in self.relays.iter_mut().filter(|r| r.stream == Stream::Stdin) {
             relay.process_started();
         }
-        self.pump(io, exited);
     }
 
     /// What a runtime that failed to make the process printed on its stdout and

@@ -98,10 +98,7 @@ impl Core {
         };
         // A restored container is running when the runtime returns.
         init.launched(pid, restore);
-        init.io.start_relaying(io, false);
-        if restore {
-            init.io.process_started(io, false);
-        }
+        init.io.start_relaying(io, restore);
         let result = CreateResult {
             pid,
             stdio: init.io.paths.clone(),

@@ -119,8 +119,7 @@ impl Core {
             return;
         };
         proc.launched(pid, true);
-        proc.io.start_relaying(io, false);
-        proc.io.process_started(io, false);
+        proc.io.start_relaying(io, true);
         let result = ExecResult {
             exec_id: name.clone(),
             pid,
