@@ -30,13 +30,14 @@ fn seq_output(n: u64) -> Vec<u8> {
     out
 }
 
-// A reader at 0.4 MB/s behind 2.9 MB of output; the client deletes the moment the
-// exit comes. The exit waits until the process's pipe is empty (its last bytes are in
-// the FIFO, which the reader holds), so the reader gets every byte.
-#[test]
-fn a_slow_reader_gets_every_byte_though_the_client_deletes_at_the_exit() {
-    let _load = Hogs::start(2);
-    let shim = Shim::launch(&BundleSpec::new(&["seq", "1", "400000"]));
+/// Creates and starts `shim` with stdout on a FIFO of the test's that a thread reads
+/// at `bytes_per_sec`, deletes the container the moment its exit event comes, and
+/// returns that exit and everything the reader got.
+fn delete_at_exit_behind_a_slow_reader(
+    shim: &Shim,
+    stderr: Option<&str>,
+    bytes_per_sec: usize,
+) -> (ExitRecord, Vec<u8>) {
     let out = shim.work.path().join("out");
     mkfifo(&out);
     let mut c = shim.client();
@@ -44,22 +45,29 @@ fn a_slow_reader_gets_every_byte_though_the_client_deletes_at_the_exit() {
     c.create(&CreateParams {
         stdin: Some("/dev/null".into()),
         stdout: Some(out.display().to_string()),
-        stderr: Some("/dev/null".into()),
+        stderr: stderr.map(String::from),
         ..Default::default()
     })
     .unwrap();
-    let reader = {
-        let out = out.clone();
-        std::thread::spawn(move || read_fifo_slowly(&out, 400_000))
-    };
+    let reader = std::thread::spawn(move || read_fifo_slowly(&out, bytes_per_sec));
     c.start().unwrap();
     let events = events_until(&mut c, |e| is_exit(e, "init"));
     let EventBody::Exit(record) = &events.last().unwrap().body else {
         unreachable!()
     };
-    assert_eq!(record.status, Some(0));
     c.delete(None, false).expect("delete at the exit");
-    let got = reader.join().unwrap();
+    (record.clone(), reader.join().unwrap())
+}
+
+// A reader at 0.4 MB/s behind 2.9 MB of output; the client deletes the moment the
+// exit comes. The exit waits until the process's pipe is empty (its last bytes are in
+// the FIFO, which the reader holds), so the reader gets every byte.
+#[test]
+fn a_slow_reader_gets_every_byte_though_the_client_deletes_at_the_exit() {
+    let _load = Hogs::start(2);
+    let shim = Shim::launch(&BundleSpec::new(&["seq", "1", "400000"]));
+    let (record, got) = delete_at_exit_behind_a_slow_reader(&shim, Some("/dev/null"), 400_000);
+    assert_eq!(record.status, Some(0));
     let want = seq_output(400_000);
     assert_eq!(got.len(), want.len(), "bytes the slow reader got");
     assert!(got == want, "the output arrived changed");
@@ -140,28 +148,9 @@ fn sigkill_ends_a_paused_container() {
 fn a_terminals_tail_reaches_a_slow_reader() {
     let _load = Hogs::start(2);
     let shim = Shim::launch(&BundleSpec::new(&["sh", "-c", "seq 1 300000; exit 4"]).terminal(true));
-    let out = shim.work.path().join("tty-out");
-    mkfifo(&out);
-    let mut c = shim.client();
-    c.subscribe(None).unwrap();
-    c.create(&CreateParams {
-        stdin: Some("/dev/null".into()),
-        stdout: Some(out.display().to_string()),
-        ..Default::default()
-    })
-    .unwrap();
-    let reader = {
-        let out = out.clone();
-        std::thread::spawn(move || read_fifo_slowly(&out, 300_000))
-    };
-    c.start().unwrap();
-    let events = events_until(&mut c, |e| is_exit(e, "init"));
-    let EventBody::Exit(record) = &events.last().unwrap().body else {
-        unreachable!()
-    };
+    let (record, got) = delete_at_exit_behind_a_slow_reader(&shim, None, 300_000);
     assert_eq!(record.status, Some(4));
-    c.delete(None, false).unwrap();
-    let got = String::from_utf8(reader.join().unwrap()).unwrap();
+    let got = String::from_utf8(got).unwrap();
     let lines: Vec<&str> = got.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 300_000, "lines through the terminal");
     assert_eq!(lines.last(), Some(&"300000"));
