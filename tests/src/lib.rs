@@ -409,6 +409,19 @@ pub fn pid_gone(pid: i32) -> bool {
     }
 }
 
+/// Polls `cond` until true or `timeout`; false on timeout, for a caller whose failure
+/// message needs what it saw at the end.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// Polls `cond` until true or `timeout`; panics with `what` on timeout.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -355,7 +355,27 @@ fn a_thousand_sequential_and_fifty_concurrent_execs_leak_nothing() {
     }
     // (Polled, not read once: the shim opens /proc/self/maps for a moment when it gives
     // memory back, and a leak is an fd that stays.)
-    wait_until(T, "fds and children back to the baseline", || {
-        fd_count(shim_pid) == fds0 && child_count(shim_pid) == kids0
-    });
+    let settled = poll_until(T, || fd_count(shim_pid) == fds0 && child_count(shim_pid) == kids0);
+    assert!(
+        settled,
+        "fds {fds0} -> {}, children {kids0} -> {}; fds now: {:?}; children now: {:?}",
+        fd_count(shim_pid),
+        child_count(shim_pid),
+        fd_targets(shim_pid),
+        fs::read_to_string(format!("/proc/{shim_pid}/task/{shim_pid}/children")).unwrap_or_default(),
+    );
+}
+
+fn fd_targets(pid: i32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return vec![];
+    };
+    dir.flatten()
+        .map(|e| {
+            let target = fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            format!("{}={target}", e.file_name().to_string_lossy())
+        })
+        .collect()
 }
