@@ -249,6 +249,11 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         } else {
             reactor.core_mut().set_engine_owns_lifecycle();
         }
+        for signal in crate::fronts::conmon::FORWARDED {
+            reactor
+                .catch_signal(signal)
+                .map_err(|e| format!("cannot catch signal {signal}: {e}"))?;
+        }
         reactor
             .add_front(|owner, io| Conmon::new(settings, sync_dup, held, front_outcome, owner, io))
             .map_err(|e| format!("cannot make the ctl and winsz FIFOs: {e}"))

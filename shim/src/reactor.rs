@@ -50,6 +50,12 @@ impl Reactor {
         &mut self.core
     }
 
+    /// Also catch `signal` (SIGTERM and SIGCHLD always are) and offer it to the fronts
+    /// (tether-conmon forwards SIGINT and SIGQUIT to the container as conmon does).
+    pub fn catch_signal(&mut self, signal: i32) -> io::Result<()> {
+        self.signals.add_signal(signal)
+    }
+
     /// Adds a front; `make` gets its owner tag and the loop to register with.
     pub fn add_front<F: Front + 'static>(
         &mut self,
@@ -91,7 +97,14 @@ impl Reactor {
             for event in events.iter() {
                 let token = event.token();
                 if token == self.signals_token {
-                    reap |= take_signals(&mut self.signals);
+                    for signal in self.signals.pending() {
+                        if signal == SIGCHLD {
+                            reap = true;
+                        } else {
+                            allocated = true;
+                            offer_signal(&mut self.fronts, &mut self.core, signal, &mut io);
+                        }
+                    }
                     continue;
                 }
                 let ready = Readiness {
@@ -169,16 +182,17 @@ impl Reactor {
     }
 }
 
-/// Drains the signal pipe; true if a child may have ended.
-fn take_signals(signals: &mut Signals) -> bool {
-    let mut reap = false;
-    for signal in signals.pending() {
-        match signal {
-            SIGCHLD => reap = true,
-            _ => crate::log!(
-                "SIGTERM received and ignored: the container keeps running; use `shutdown` or `delete`"
-            ),
+/// A signal other than SIGCHLD: the first front that takes it has it; SIGTERM
+/// no front takes is ignored (the container outlives its shim's signals).
+fn offer_signal(fronts: &mut [Box<dyn Front>], core: &mut Core, signal: i32, io: &mut Io<'_>) {
+    for front in fronts.iter_mut() {
+        if front.on_signal(signal, core, io) {
+            return;
         }
     }
-    reap
+    if signal == SIGTERM {
+        crate::log!("SIGTERM received and ignored: the container keeps running; use `shutdown` or `delete`");
+    } else {
+        crate::log!("signal {signal} received and ignored");
+    }
 }

@@ -790,3 +790,115 @@ fn foreground_output_reaches_podman_whole() {
         assert_eq!(lines, (16 << 20) / 71 + 1, "the log holds every line");
     }
 }
+
+/// The live monitor of this podman whose command line contains `needle`.
+fn monitor_with(p: &Podman, needle: &str) -> Option<i32> {
+    let root = p.dir.display().to_string();
+    fs::read_dir("/proc").unwrap().flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let argv0 = cmdline.split('\0').next()?;
+        (argv0 == p.conmon.display().to_string()
+            && cmdline.contains(&root)
+            && cmdline.contains(needle)
+            && !pid_gone(pid))
+        .then_some(pid)
+    })
+}
+
+#[test]
+fn signals_to_the_monitor_reach_the_container_as_with_conmon() {
+    let (t, c) = pair("sig");
+    // conmon forwards SIGTERM, SIGINT and SIGQUIT to the container (to an exec
+    // session's process in its monitor) and goes on to write the exit as usual.
+    let script = "trap 'echo got-term; exit 7' TERM; trap 'echo got-int; exit 8' INT; \
+                  trap 'echo got-quit; exit 9' QUIT; echo ready; while :; do sleep 0.1; done";
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "--name", "s1"], &["sh", "-c", script]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let signals = [
+            (libc::SIGTERM, "term"),
+            (libc::SIGINT, "int"),
+            (libc::SIGQUIT, "quit"),
+        ];
+        for (k, (signal, name)) in signals.into_iter().enumerate() {
+            if k > 0 {
+                p.ok(&["start", "s1"]);
+            }
+            // The log is appended to on every start: one "ready" each.
+            wait_until(Duration::from_secs(30), "the container's traps", || {
+                p.ok(&["logs", "s1"]).matches("ready").count() > k
+            });
+            let monitor: i32 = p.inspect("s1", "{{.State.ConmonPid}}").parse().unwrap();
+            assert_eq!(unsafe { libc::kill(monitor, signal) }, 0);
+            wait_until(
+                Duration::from_secs(60),
+                "the container to exit on the monitor's signal",
+                || p.inspect("s1", "{{.State.Status}}") == "exited",
+            );
+            let code = p.ok(&["wait", "s1"]).trim().to_string();
+            wait_until(Duration::from_secs(30), "the monitor to exit", || {
+                pid_gone(monitor)
+            });
+            seen.push(format!(
+                "{name}: wait {code}, {}, log has got-{name} {}",
+                p.inspect("s1", "{{.State.Status}} {{.State.ExitCode}}"),
+                p.ok(&["logs", "s1"]).contains(&format!("got-{name}"))
+            ));
+        }
+        // An exec session's monitor forwards to the session's process.
+        p.ok(&["start", "s1"]);
+        let mut exec = p
+            .command(&[
+                "exec",
+                "s1",
+                "sh",
+                "-c",
+                "trap 'echo exec-got-term; exit 5' TERM; echo exec-ready; while :; do sleep 0.1; done",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(exec.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "exec-ready\n");
+        let mut monitor = None;
+        wait_until(Duration::from_secs(30), "the exec session's monitor", || {
+            monitor = monitor_with(p, "--exec-attach");
+            monitor.is_some()
+        });
+        assert_eq!(unsafe { libc::kill(monitor.unwrap(), libc::SIGTERM) }, 0);
+        let mut code = None;
+        wait_until(
+            Duration::from_secs(60),
+            "podman exec to end on the monitor's signal",
+            || {
+                code = exec.try_wait().unwrap().map(|s| s.code());
+                code.is_some()
+            },
+        );
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let code = code.flatten();
+        seen.push(format!("exec: {code:?} {rest:?}"));
+        seen.push(p.inspect("s1", "{{.State.Status}}"));
+        p.ok(&["rm", "-f", "-t", "0", "s1"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_eq!(
+        a,
+        [
+            "term: wait 7, exited 7, log has got-term true",
+            "int: wait 8, exited 8, log has got-int true",
+            "quit: wait 9, exited 9, log has got-quit true",
+            "exec: Some(5) \"exec-got-term\\n\"",
+            "running",
+        ]
+    );
+}

@@ -6,11 +6,14 @@
 //! on its exec FIFO) to the container's own when the engine's `runtime start` lets
 //! it exec.
 
+use super::ops::OpKind;
 use super::process::Life;
 use super::{err, Call, Core, CoreError, ErrorKind};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tether_protocol::EventBody;
+use tether_protocol::{EventBody, INIT_PROCESS};
 
 /// How often a created (not yet noticed started) init is looked at, besides every
 /// readiness of the core's fds and every `state` call.
@@ -128,5 +131,27 @@ impl Core {
 
     pub(super) fn engine_deadline(&self) -> Option<Instant> {
         self.engine.as_ref().and_then(|m| m.next_poll)
+    }
+
+    /// conmon's forwarding of a signal sent to the monitor: to `process` (init or the
+    /// exec session) once its pid is known and it lives, else to the runtime call
+    /// that is making it. The pid signalled; None once the process has exited (conmon
+    /// then does nothing either).
+    pub fn forward_signal(&self, process: &str, signal: i32) -> Option<i32> {
+        let signal = Signal::try_from(signal).ok()?;
+        let live = self
+            .process(Some(process))
+            .ok()
+            .filter(|p| p.is_alive())
+            .and_then(|p| p.pid());
+        let making = self.ops.iter().find_map(|(pid, op)| match &op.kind {
+            OpKind::Create { .. } if process == INIT_PROCESS => Some(*pid),
+            OpKind::Exec(name) if name == process => Some(*pid),
+            _ => None,
+        });
+        [live, making]
+            .into_iter()
+            .flatten()
+            .find(|pid| kill(Pid::from_raw(*pid), signal).is_ok())
     }
 }

@@ -25,6 +25,11 @@ pub trait Front {
     /// Work a front put off to stay fair (bounded work per readiness), and timers.
     fn on_tick(&mut self, _core: &mut Core, _io: &mut Io<'_>) {}
 
+    /// A signal the shim caught (not SIGCHLD); true if this front acted on it.
+    fn on_signal(&mut self, _signal: i32, _core: &mut Core, _io: &mut Io<'_>) -> bool {
+        false
+    }
+
     /// When the loop must wake up for this front at the latest.
     fn next_deadline(&self) -> Option<Instant> {
         None

@@ -32,6 +32,9 @@ const ATTACH_DRAIN: Duration = Duration::from_secs(5);
 /// How often draining attach clients are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
+/// The signals conmon forwards (and the monitor catches for that).
+pub const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
+
 /// What the command line decided, for the front in the shim.
 pub struct Settings {
     pub cid: String,
@@ -285,6 +288,19 @@ impl Front for Conmon {
         if let Some(ctl) = self.ctl.as_mut().filter(|c| c.owns(token)) {
             ctl.on_ready(core, io);
         }
+    }
+
+    /// conmon forwards SIGTERM, SIGINT and SIGQUIT to the container (or the exec
+    /// session) and goes on watching it; to the runtime call while it runs.
+    fn on_signal(&mut self, signal: i32, core: &mut Core, _io: &mut Io<'_>) -> bool {
+        if !FORWARDED.contains(&signal) {
+            return false;
+        }
+        match core.forward_signal(self.process_name(), signal) {
+            Some(pid) => crate::log!("signal {signal} forwarded to pid {pid}"),
+            None => crate::log!("signal {signal}: no process to forward it to"),
+        }
+        true
     }
 
     fn deliver(&mut self, outputs: &[Output], _core: &mut Core, _io: &mut Io<'_>) {
