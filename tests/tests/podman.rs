@@ -902,3 +902,171 @@ fn signals_to_the_monitor_reach_the_container_as_with_conmon() {
         ]
     );
 }
+
+/// A podman command on a terminal of its own (a PTY, its controlling terminal, as
+/// from a shell): what it shows is collected, it can be typed into and resized the
+/// way a terminal window is (TIOCSWINSZ on the master: the kernel sends SIGWINCH).
+struct Term {
+    master: fs::File,
+    shown: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    child: std::process::Child,
+}
+
+impl Podman {
+    fn on_pty(&self, args: &[&str], rows: u16, cols: u16) -> Term {
+        let (master, slave) = tether_tests::ctr_env::openpty(rows, cols);
+        let mut cmd = self.command(args);
+        tether_tests::ctr_env::on_terminal(&mut cmd, slave);
+        let child = cmd.spawn().unwrap();
+        drop(cmd); // the slave's copies held by the Command
+        let master = fs::File::from(master);
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut reader, sink) = (master.try_clone().unwrap(), shown.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the last slave fd is closed.
+            while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Term { master, shown, child }
+    }
+}
+
+impl Term {
+    /// What the terminal showed, carriage returns dropped.
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).replace('\r', "")
+    }
+
+    fn type_in(&mut self, input: &[u8]) {
+        self.master.write_all(input).unwrap();
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads the winsize we pass.
+        assert_eq!(
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
+    }
+
+    /// Types `stty size` until the container's terminal answers `rows cols` (the
+    /// engine passes a resize on asynchronously): false if it never does.
+    fn sees_size(&mut self, rows: u16, cols: u16) -> bool {
+        let want = format!("\n{rows} {cols}\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let before = self.shown().matches(&want).count();
+            self.type_in(b"stty size\n");
+            let round = std::time::Instant::now() + Duration::from_secs(2);
+            while std::time::Instant::now() < round {
+                if self.shown().matches(&want).count() > before {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        false
+    }
+
+    fn exit_code(&mut self) -> i32 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the podman on the terminal did not end; it showed {:?}",
+                self.shown()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn terminal_attach_and_resize_match_conmon() {
+    let (t, c) = pair("resize");
+    let go = |p: &Podman| -> Vec<String> {
+        let mut seen = Vec::new();
+        let r = p.run_ctr(&["-d", "-i", "-t", "--name", "ta"], &["sh"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        // podman attach tells the monitor its terminal's size (`1 H W` on ctl), and
+        // again on every SIGWINCH.
+        // One detach key: podman takes a key sequence only as one-byte reads.
+        let mut term = p.on_pty(&["attach", "--detach-keys", "ctrl-x", "ta"], 24, 80);
+        seen.push(format!("attach sees 24x80 {}", term.sees_size(24, 80)));
+        term.resize(31, 101);
+        seen.push(format!("after a resize 31x101 {}", term.sees_size(31, 101)));
+        term.type_in(b"echo typed-$((6*7))\n");
+        wait_until(Duration::from_secs(30), "the typed command's output", || {
+            term.shown().contains("typed-42\n")
+        });
+        // Detach: podman ends, the container runs on.
+        term.type_in(&[0x18]);
+        seen.push(format!("detached {}", term.exit_code()));
+        seen.push(p.inspect("ta", "{{.State.Status}}"));
+        // `H W` written to winsz directly: conmon's own winsz reader resizes too.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p.bundle("ta").join("winsz"))
+            .unwrap()
+            .write_all(b"33 77\n")
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let console = || {
+            p.run(&["exec", "ta", "stty", "-F", "/dev/console", "size"])
+                .stdout
+        };
+        while console() != "33 77\n" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen.push(format!("winsz {:?}", console()));
+        // exec -it: the session's own ctl.
+        let mut term = p.on_pty(&["exec", "-it", "ta", "sh"], 40, 120);
+        seen.push(format!("exec -it sees 40x120 {}", term.sees_size(40, 120)));
+        term.resize(41, 121);
+        seen.push(format!("exec after a resize {}", term.sees_size(41, 121)));
+        term.type_in(b"exit 3\n");
+        seen.push(format!("exec exit {}", term.exit_code()));
+        // A second attach, then the shell is told to exit: attach ends with its code.
+        let mut term = p.on_pty(&["attach", "ta"], 25, 90);
+        seen.push(format!("second attach sees 25x90 {}", term.sees_size(25, 90)));
+        term.type_in(b"exit 4\n");
+        seen.push(format!("attach exit {}", term.exit_code()));
+        seen.push(format!("wait {}", p.ok(&["wait", "ta"]).trim()));
+        // podman's cleanup (the exit command) may still be running.
+        wait_until(Duration::from_secs(60), "the container to be exited", || {
+            p.inspect("ta", "{{.State.Status}}") == "exited"
+        });
+        p.ok(&["rm", "-f", "-t", "0", "ta"]);
+        seen
+    };
+    let a = go(&t);
+    assert_eq!(a, go(&c), "tether-conmon (left) vs conmon (right)");
+    assert_eq!(
+        a,
+        [
+            "attach sees 24x80 true",
+            "after a resize 31x101 true",
+            "detached 0",
+            "running",
+            "winsz \"33 77\\n\"",
+            "exec -it sees 40x120 true",
+            "exec after a resize true",
+            "exec exit 3",
+            "second attach sees 25x90 true",
+            "attach exit 0",
+            "wait 4",
+        ]
+    );
+}

@@ -286,7 +286,7 @@ fn session_attach_pipe(s: &mut Settings) -> Option<OwnedFd> {
 impl Front for Conmon {
     fn on_ready(&mut self, token: Token, _ready: Readiness, core: &mut Core, io: &mut Io<'_>) {
         if let Some(ctl) = self.ctl.as_mut().filter(|c| c.owns(token)) {
-            ctl.on_ready(core, io);
+            ctl.on_ready(token, core, io);
         }
     }
 
