@@ -35,8 +35,7 @@ pub fn main() -> i32 {
     if std::env::var_os(GATE_FD).is_some() {
         return gate();
     }
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let a = match args::parse(&argv) {
+    let a = match args::parse(&std::env::args().skip(1).collect::<Vec<_>>()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tether-conmon: option parsing failed: {e}");
@@ -57,12 +56,12 @@ pub fn main() -> i32 {
     // Before anything is taken from the environment: the fds survive the exec.
     launch::reexec_with_malloc_tunables();
     let sync = inherited_pipe("_OCI_SYNCPIPE");
-    match run(&a, sync.as_ref()) {
+    let key = if a.api_version { "data" } else { "pid" };
+    match run(a, sync.as_ref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tether-conmon: {e}");
             if let Some(fd) = &sync {
-                let key = if a.api_version { "data" } else { "pid" };
                 let _ = files::sync_message(fd, key, -1, Some(&e));
             }
             1
@@ -115,7 +114,9 @@ fn set_cloexec(fd: &OwnedFd) {
     let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
-fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
+/// Takes the command line by value: what the monitor needs is moved out of it, and
+/// the rest is freed before the fork (an idle monitor's heap is what it holds then).
+fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
     let cid = a.cid.clone().ok_or("Container ID not provided. Use --cid")?;
     state_dir::validate_id("container id", &cid)?;
     if a.cuuid.is_none() {
@@ -127,7 +128,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         .ok_or("Runtime path not provided. Use --runtime")?;
     nix::unistd::access(runtime.as_str(), nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("Runtime path {runtime} is not valid: {e}"))?;
-    unsupported(a)?;
+    unsupported(&a)?;
     let cwd = std::env::current_dir().map_err(|e| format!("Failed to get working directory: {e}"))?;
     let bundle = a.bundle.as_ref().map_or_else(|| cwd.clone(), PathBuf::from);
     let bundle = bundle
@@ -237,7 +238,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
             path: runtime_path,
             root: None,
             systemd_cgroup: a.systemd_cgroup,
-            extra_args: a.runtime_args.clone(),
+            extra_args: std::mem::take(&mut a.runtime_args),
         },
     };
     let exec_session = settings.exec.is_some();
@@ -258,9 +259,11 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
             .add_front(|owner, io| Conmon::new(settings, sync_dup, held, front_outcome, owner, io))
             .map_err(|e| format!("cannot make the ctl and winsz FIFOs: {e}"))
     });
-    let exit_command = a.exit_command.clone();
-    let exit_args = a.exit_command_args.clone();
+    let exit_command = a.exit_command.take();
+    let exit_args = std::mem::take(&mut a.exit_command_args);
     let delay = a.exit_delay.unwrap_or(0).max(0) as u64;
+    let conmon_pidfile = a.conmon_pidfile.take();
+    drop(a);
     let hooks = ShimHooks {
         keep_inherited_fds: true,
         after_loop: Some(Box::new(move |code| {
@@ -274,7 +277,7 @@ fn run(a: &Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         })),
     };
     let dir = launch::spawn_with(opts, Some(extra), hooks)?;
-    if let Some(path) = &a.conmon_pidfile {
+    if let Some(path) = &conmon_pidfile {
         let pid = std::fs::read_to_string(dir.shim_pid())
             .map_err(|e| format!("the monitor's pid file {}: {e}", dir.shim_pid().display()))?;
         state_dir::write_atomic(&absolute(&cwd, path), pid.trim().as_bytes())
