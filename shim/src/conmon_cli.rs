@@ -56,9 +56,9 @@ pub fn main() -> i32 {
     // Before anything is taken from the environment: the fds survive the exec.
     launch::reexec_with_malloc_tunables();
     let sync = inherited_pipe("_OCI_SYNCPIPE");
-    let key = if a.api_version { "data" } else { "pid" };
+    let key = files::sync_key(a.api_version, a.exec);
     match run(a, sync.as_ref()) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tether-conmon: {e}");
             if let Some(fd) = &sync {
@@ -116,12 +116,17 @@ fn set_cloexec(fd: &OwnedFd) {
 
 /// Takes the command line by value: what the monitor needs is moved out of it, and
 /// the rest is freed before the fork (an idle monitor's heap is what it holds then).
-fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
+/// The first process's exit code: 0 once the monitor is forked; with `--sync`, the
+/// monitor's, once it has ended.
+fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<i32, String> {
     let cid = a.cid.clone().ok_or("Container ID not provided. Use --cid")?;
     state_dir::validate_id("container id", &cid)?;
-    if a.cuuid.is_none() {
-        return Err("Container UUID not provided. Use --cuuid".to_string());
-    }
+    // Required but for a legacy exec (CRI-O's exec sync), which is named here then.
+    let cuuid = match (&a.cuuid, a.exec && !a.api_version) {
+        (Some(u), _) => u.clone(),
+        (None, true) => format!("exec-sync-{}", std::process::id()),
+        (None, false) => return Err("Container UUID not provided. Use --cuuid".to_string()),
+    };
     let runtime = a
         .runtime
         .clone()
@@ -140,11 +145,14 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
     let exec_spec = match (a.exec, &a.exec_process_spec) {
         (false, _) => None,
         (true, None) => return Err("Exec process spec path not provided. Use --exec-process-spec".into()),
-        (true, Some(_)) if !a.exec_attach || !a.api_version => {
-            return Err("exec without --exec-attach and --api-version (CRI-O's exec sync) is not supported by tether-conmon yet".into())
-        }
         (true, Some(spec)) => Some(absolute(&cwd, spec)),
     };
+    if a.exec_attach && !a.api_version {
+        return Err("Attach can only be specified for a non-legacy exec session".into());
+    }
+    // conmon makes the attach socket and the FIFOs only in a bundle it was given
+    // (an exec's has no default: CRI-O's exec sync passes none).
+    let control_files = a.bundle.is_some() || !a.exec;
     let log_path = match a.log()? {
         LogTarget::K8sFile(p) => absolute(&cwd, &p),
         LogTarget::None => PathBuf::from("/dev/null"),
@@ -166,9 +174,10 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         let mut byte = [0u8; 1];
         let _ = nix::unistd::read(start.as_raw_fd(), &mut byte);
     }
-    // Only an exec session's runtime call reads from it again.
-    let start = start.filter(|_| exec_spec.is_some());
-    let attach_pipe = if exec_spec.is_some() {
+    // Only an attached exec session's runtime call reads from it again.
+    let attached_exec = exec_spec.is_some() && a.exec_attach;
+    let start = start.filter(|_| attached_exec);
+    let attach_pipe = if attached_exec {
         inherited_pipe("_OCI_ATTACHPIPE")
     } else {
         None
@@ -181,6 +190,9 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         None => None,
     };
 
+    if let (Some(dir), false, true) = (&a.socket_dir_path, a.full_attach, control_files) {
+        link_socket_dir(&absolute(&cwd, dir), &cuuid, &bundle)?;
+    }
     // A monitor of this container ran before (podman restart): its state goes.
     if state.exists() {
         let _ = std::fs::remove_dir_all(&state);
@@ -189,7 +201,7 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
     let mut runtime_path = runtime;
     let exec = match exec_spec {
         Some(spec) => {
-            let id = a.cuuid.clone().unwrap_or_default();
+            let id = cuuid.clone();
             state_dir::validate_id("exec session id (--cuuid)", &id)?;
             // The runtime call waits for the second start byte (see `gate`).
             let me = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
@@ -226,9 +238,13 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         eof_closes_stdin: a.stdin && !a.leave_stdin_open,
         terminal: a.terminal,
         api_version: a.api_version,
-        attach_link: bundle.join("attach"),
+        attach_link: control_files.then(|| bundle.join("attach")),
         attach_socket: dir.attach_socket(&process_name),
         exec,
+        timeout: a
+            .timeout
+            .filter(|t| *t > 0)
+            .map(|t| std::time::Duration::from_secs(t as u64)),
     };
     let opts = LaunchOptions {
         id: cid,
@@ -263,15 +279,16 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
     let exit_args = std::mem::take(&mut a.exit_command_args);
     let delay = a.exit_delay.unwrap_or(0).max(0) as u64;
     let conmon_pidfile = a.conmon_pidfile.take();
+    let sync_mode = a.sync;
     drop(a);
     let hooks = ShimHooks {
         keep_inherited_fds: true,
         after_loop: Some(Box::new(move |code| {
-            let code = outcome.get().max(code);
+            // The loop's own failure, else what the front decided.
+            let code = if code != 0 { code } else { outcome.get() };
             match exit_command {
-                Some(cmd) => run_exit_command(&cmd, &exit_args, delay)
-                    .unwrap_or(code)
-                    .max(code),
+                // conmon: the exit command's status if it failed.
+                Some(cmd) => run_exit_command(&cmd, &exit_args, delay).unwrap_or(code),
                 None => code,
             }
         })),
@@ -283,7 +300,30 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
         state_dir::write_atomic(&absolute(&cwd, path), pid.trim().as_bytes())
             .map_err(|e| format!("cannot write the conmon pid file {path}: {e}"))?;
     }
-    Ok(())
+    if sync_mode {
+        return Ok(wait_for_monitor(&dir));
+    }
+    Ok(0)
+}
+
+/// `--sync` (CRI-O's exec sync): conmon does not fork, and its caller waits for it.
+/// Here the first process waits for the monitor it forked, and exits with its code.
+fn wait_for_monitor(dir: &StateDir) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let Some(pid) = std::fs::read_to_string(dir.shim_pid())
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+    else {
+        return 1;
+    };
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+    }
 }
 
 /// What conmon does and this front does not (yet): refused with a reason rather than
@@ -291,8 +331,6 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<(), String> {
 fn unsupported(a: &Args) -> Result<(), String> {
     let refused = [
         (a.restore.is_some(), "--restore"),
-        (a.timeout.is_some(), "--timeout"),
-        (a.sync, "--sync"),
         (a.sdnotify_socket.is_some(), "--sdnotify-socket"),
         (a.seccomp_notify_socket.is_some(), "--seccomp-notify-socket"),
         (!a.runtime_opts.is_empty(), "--runtime-opt (--preserve-fds)"),
@@ -305,6 +343,30 @@ fn unsupported(a: &Args) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// conmon's attach layout without `--full-attach` (CRI-O's): `<dir>/<cuuid>` is a
+/// symlink to the bundle (replaced if there), one byte shorter when it would be 107
+/// bytes long (then `<link>/attach` would not fit a socket address, whose 108 bytes
+/// hold a NUL). conmon leaves the link at its end (it removes the socket only).
+fn link_socket_dir(dir: &Path, cuuid: &str, bundle: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut link = dir.join(cuuid).into_os_string().into_vec();
+    if link.len() == 107 {
+        link.truncate(106);
+    }
+    let link = PathBuf::from(std::ffi::OsString::from_vec(link));
+    match std::fs::remove_file(&link) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "Failed to remove existing symlink for socket directory {}: {e}",
+                link.display()
+            ))
+        }
+        _ => {}
+    }
+    std::os::unix::fs::symlink(bundle, &link)
+        .map_err(|e| format!("cannot link {} to the bundle: {e}", link.display()))
 }
 
 fn absolute(cwd: &Path, p: &str) -> PathBuf {

@@ -1070,3 +1070,291 @@ fn terminal_attach_and_resize_match_conmon() {
         ]
     );
 }
+
+/// A monitor started the way CRI-O starts it: cwd the bundle, the sync and start
+/// pipes, the start byte written. Its exit code (the first process's), the first
+/// line on the sync pipe, and the pipe (kept open for the rest).
+fn crio_start(conmon: &Path, args: &[String], cwd: &Path) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (mut sync, sync_child) = UnixStream::pair().unwrap();
+    let (mut start, start_child) = UnixStream::pair().unwrap();
+    for fd in [&sync_child, &start_child] {
+        // The child must inherit them (std makes them close-on-exec).
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    }
+    let mut child = Command::new(conmon)
+        .args(args)
+        .current_dir(cwd)
+        .env("_OCI_SYNCPIPE", sync_child.as_raw_fd().to_string())
+        .env("_OCI_STARTPIPE", start_child.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop((sync_child, start_child));
+    start.write_all(&[0]).unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    sync.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') && sync.read(&mut byte).unwrap_or(0) == 1 {
+        line.push(byte[0]);
+    }
+    (code, String::from_utf8_lossy(&line).into_owned())
+}
+
+#[test]
+fn crio_create_command_line_matches_conmon() {
+    // CRI-O is not packaged for Debian 12: its create command line (recorded from
+    // its source, the contract's section 8) is run here directly, beside the stock
+    // conmon, and what each writes is compared. No --api-version: the `pid` key; no
+    // --full-attach: the attach socket through `<socket dir>/<cuuid>` (a symlink to
+    // the bundle, left at the end); the persist dir's `exit`. (A private socket dir
+    // instead of /var/run/crio.)
+    require_podman();
+    let runc = runc();
+    let go = |conmon: &Path| -> Vec<String> {
+        let mut seen = Vec::new();
+        let dir = tether_tests::TempDir::new("tp-crio");
+        let id = unique_id("crio");
+        let bundle = tether_tests::BundleSpec::new(&[
+            "sh",
+            "-c",
+            "echo out-line; sleep 0.2; echo err-line >&2; exit 3",
+        ])
+        .write(&dir.0.join("bundle"));
+        let (exits, persist, sockets, root) = (
+            dir.0.join("exits"),
+            dir.0.join("persist"),
+            dir.0.join("sockets"),
+            dir.0.join("runc"),
+        );
+        for d in [&exits, &persist, &sockets] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let b = |p: &str| bundle.join(p).display().to_string();
+        let d = |p: &Path| p.display().to_string();
+        let args: Vec<String> = [
+            "-b",
+            &d(&bundle),
+            "-c",
+            &id,
+            "--exit-dir",
+            &d(&exits),
+            "-l",
+            &b("ctr.log"),
+            "--log-level",
+            "info",
+            "-n",
+            "k8s_crio_name",
+            "-P",
+            &b("conmon-pidfile"),
+            "-p",
+            &b("pidfile"),
+            "--persist-dir",
+            &d(&persist),
+            "-r",
+            &runc,
+            "--runtime-arg",
+            &format!("--root={}", root.display()),
+            "--socket-dir-path",
+            &d(&sockets),
+            "--syslog",
+            "-u",
+            &id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (code, line) = crio_start(conmon, &args, &bundle);
+        let pid: i32 = line
+            .trim()
+            .strip_prefix("{\"pid\": ")
+            .and_then(|l| l.strip_suffix('}'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: sync line {line:?}", conmon.display()));
+        seen.push(format!(
+            "first process {code}, sync {}",
+            line.replace(&pid.to_string(), "PID")
+        ));
+        let monitor: i32 = fs::read_to_string(bundle.join("conmon-pidfile"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        seen.push(format!("monitor alive {}", !pid_gone(monitor)));
+        let link = sockets.join(&id);
+        seen.push(format!(
+            "link to the bundle {}, attach is a socket {}",
+            fs::read_link(&link).ok() == Some(bundle.clone()),
+            std::os::unix::fs::FileTypeExt::is_socket(
+                &fs::metadata(link.join("attach")).unwrap().file_type()
+            )
+        ));
+        let fifos = ["ctl", "winsz"].map(|f| {
+            std::os::unix::fs::FileTypeExt::is_fifo(&fs::metadata(bundle.join(f)).unwrap().file_type())
+        });
+        seen.push(format!("fifos {fifos:?}"));
+        // CRI-O starts the container through the runtime itself.
+        let started = Command::new(&runc)
+            .arg(format!("--root={}", root.display()))
+            .args(["start", &id])
+            .status()
+            .unwrap();
+        assert!(started.success());
+        wait_until(Duration::from_secs(60), "the monitor to exit", || {
+            pid_gone(monitor)
+        });
+        seen.push(format!(
+            "exit file {:?}, persist exit {:?}, link kept {}",
+            fs::read_to_string(exits.join(&id)).unwrap_or_default(),
+            fs::read_to_string(persist.join("exit")).unwrap_or_default(),
+            fs::symlink_metadata(&link).is_ok()
+        ));
+        seen.push(format!("log {:?}", log_text(&bundle.join("ctr.log"))));
+        let _ = Command::new(&runc)
+            .arg(format!("--root={}", root.display()))
+            .args(["delete", "--force", &id])
+            .status();
+        seen
+    };
+    let a = go(&tether_conmon());
+    assert_eq!(
+        a,
+        go(Path::new(STOCK_CONMON)),
+        "tether-conmon (left) vs conmon (right)"
+    );
+    assert_eq!(
+        a,
+        [
+            "first process 0, sync {\"pid\": PID}\n",
+            "monitor alive true",
+            "link to the bundle true, attach is a socket true",
+            "fifos [true, true]",
+            "exit file \"3\", persist exit \"3\", link kept true",
+            "log \"out-line\\nerr-line\\n\"",
+        ]
+    );
+}
+
+#[test]
+fn timeout_matches_conmon() {
+    let (t, c) = pair("timeout");
+    // `podman run --timeout`: the monitor kills the container after N s and reports
+    // -1, which podman turns into 255.
+    for p in [&t, &c] {
+        let r = p.run_ctr(&["--name", "to", "--timeout", "2"], &["sleep", "100"]);
+        assert_eq!(r.code, 255, "{}: {r:?}", p.conmon.display());
+        assert_eq!(p.inspect("to", "{{.State.Status}}"), "exited");
+    }
+}
+
+/// A container of runc's own (created and started as CRI-O does, through the
+/// runtime), for CRI-O's exec sync to run in.
+fn runc_sleeper(runc: &str, root: &Path, bundle: &Path, id: &str) {
+    for sub in [
+        vec!["create", "--bundle", &bundle.display().to_string(), id],
+        vec!["start", id],
+    ] {
+        let ok = Command::new(runc)
+            .arg(format!("--root={}", root.display()))
+            .args(&sub)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "runc {sub:?}");
+    }
+}
+
+#[test]
+fn crio_exec_sync_matches_conmon() {
+    // CRI-O's ExecSync command line (the contract's section 8: no bundle, no
+    // --api-version, --sync, -T), run directly beside the stock conmon against a
+    // container runc runs: the first process waits, the sync pipe carries only
+    // `{"exit_code": N}`, the output is in the k8s-file log; -T kills and reports
+    // "command timed out".
+    require_podman();
+    let runc = runc();
+    let dir = tether_tests::TempDir::new("tp-xsync");
+    let root = dir.0.join("runc");
+    let id = unique_id("xsync");
+    let bundle = tether_tests::BundleSpec::new(&["sleep", "1000"]).write(&dir.0.join("bundle"));
+    runc_sleeper(&runc, &root, &bundle, &id);
+    let go = |conmon: &Path, cmd: &str, timeout: Option<&str>| -> String {
+        let scratch = tether_tests::TempDir::new("tp-xsync-run");
+        let spec = scratch.0.join("process.json");
+        let process = serde_json::json!({
+            "args": ["sh", "-c", cmd],
+            "cwd": "/",
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "user": {"uid": 0, "gid": 0},
+        });
+        fs::write(&spec, process.to_string()).unwrap();
+        let d = |p: PathBuf| p.display().to_string();
+        let mut args: Vec<String> = [
+            "-c",
+            &id,
+            "-n",
+            "k8s_xsync",
+            "-r",
+            &runc,
+            "-p",
+            &d(scratch.0.join("pid")),
+            "-e",
+            "-l",
+            &d(scratch.0.join("exec.log")),
+            "--socket-dir-path",
+            &d(scratch.0.clone()),
+            "--log-level",
+            "info",
+            "--sync",
+            "--log-global-size-max",
+            "16777216",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(t) = timeout {
+            args.extend(["-T".to_string(), t.to_string()]);
+        }
+        args.extend([
+            "--exec-process-spec".to_string(),
+            d(spec),
+            "--runtime-arg".to_string(),
+            format!("--root={}", root.display()),
+        ]);
+        let (code, line) = crio_start(conmon, &args, &scratch.0);
+        let log = log_text(&scratch.0.join("exec.log"));
+        format!("exit {code}, sync {line:?}, log {log:?}")
+    };
+    let cases = [
+        ("echo out; sleep 0.2; echo err >&2; exit 5", None),
+        ("echo before; sleep 100", Some("2")),
+    ];
+    let mut seen = Vec::new();
+    for (cmd, timeout) in cases {
+        let a = go(&tether_conmon(), cmd, timeout);
+        assert_eq!(
+            a,
+            go(Path::new(STOCK_CONMON), cmd, timeout),
+            "tether-conmon (left) vs conmon (right)"
+        );
+        seen.push(a);
+    }
+    let _ = Command::new(&runc)
+        .arg(format!("--root={}", root.display()))
+        .args(["delete", "--force", &id])
+        .status();
+    assert_eq!(
+        seen,
+        [
+            "exit 5, sync \"{\\\"exit_code\\\": 5}\\n\", log \"out\\nerr\\n\"",
+            "exit 255, sync \"{\\\"exit_code\\\": -1, \\\"message\\\": \\\"command timed out\\\"}\\n\", log \"before\\n\"",
+        ]
+    );
+}

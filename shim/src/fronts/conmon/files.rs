@@ -3,6 +3,16 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+/// The sync pipe's key: `data` with `--api-version`; else (CRI-O) `exit_code` for an
+/// exec, `pid` for a create.
+pub fn sync_key(api_version: bool, exec: bool) -> &'static str {
+    match (api_version, exec) {
+        (true, _) => "data",
+        (false, true) => "exit_code",
+        (false, false) => "pid",
+    }
+}
+
 /// `{"KEY": N}\n` or `{"KEY": N, "message": "TEXT"}\n`, in one write.
 pub fn sync_message(fd: &OwnedFd, key: &str, data: i32, message: Option<&str>) -> std::io::Result<()> {
     let line = match message {

@@ -31,6 +31,8 @@ use tether_protocol::{
 const ATTACH_DRAIN: Duration = Duration::from_secs(5);
 /// How often draining attach clients are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// conmon's message for a `-T` timeout.
+const TIMED_OUT: &str = "command timed out";
 
 /// The signals conmon forwards (and the monitor catches for that).
 pub const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
@@ -54,12 +56,17 @@ pub struct Settings {
     pub terminal: bool,
     /// Without `--api-version` the sync key is `pid` (CRI-O), else `data`.
     pub api_version: bool,
-    /// Where the engine looks for the attach socket (`<bundle>/attach`).
-    pub attach_link: PathBuf,
+    /// Where the engine looks for the attach socket (`<bundle>/attach`); with the
+    /// `ctl` and `winsz` FIFOs, only when there is a bundle (an exec without `-b`,
+    /// CRI-O's exec sync, has none).
+    pub attach_link: Option<PathBuf>,
     /// The core's attach socket for the process (the link points at it).
     pub attach_socket: PathBuf,
     /// `-e`: one exec session instead of a container.
     pub exec: Option<ExecSession>,
+    /// `-T`/`--timeout`: the process's group is killed this long after the runtime
+    /// call returned, and its status is -1 ("command timed out").
+    pub timeout: Option<Duration>,
 }
 
 /// conmon's `-e --exec-attach` (podman exec, healthcheck run).
@@ -92,8 +99,14 @@ pub struct Conmon {
     held: Vec<OwnedFd>,
     ctl: Option<ctl::Ctl>,
     phase: Phase,
-    /// The process's exit code so far (1 once a create failed), for the launcher.
+    /// The monitor's exit code so far (1 once a create failed, then the process's
+    /// status, as conmon's), for the launcher.
     outcome: Rc<Cell<i32>>,
+    /// The process's pid once the runtime call returned.
+    pid: Option<i32>,
+    /// When `-T` kills it, and whether it did.
+    timeout_at: Option<Instant>,
+    timed_out: bool,
 }
 
 impl Conmon {
@@ -106,14 +119,20 @@ impl Conmon {
         io: &mut Io<'_>,
     ) -> std::io::Result<Conmon> {
         let process = s.exec.as_ref().map(|e| e.id.clone());
-        let ctl = ctl::Ctl::make(&s.bundle, process, owner, io)?;
+        let ctl = match s.attach_link {
+            Some(_) => Some(ctl::Ctl::make(&s.bundle, process, owner, io)?),
+            None => None,
+        };
         Ok(Conmon {
             s,
             sync,
             held,
-            ctl: Some(ctl),
+            ctl,
             phase: Phase::Start,
             outcome,
+            pid: None,
+            timeout_at: None,
+            timed_out: false,
         })
     }
 
@@ -129,11 +148,22 @@ impl Conmon {
     }
 
     fn link_attach(&self) {
-        if self.s.attach_link != self.s.attach_socket {
-            let _ = std::fs::remove_file(&self.s.attach_link);
-            if let Err(e) = std::os::unix::fs::symlink(&self.s.attach_socket, &self.s.attach_link) {
-                crate::log!("cannot link {}: {e}", self.s.attach_link.display());
+        if let Some(link) = self
+            .s
+            .attach_link
+            .as_ref()
+            .filter(|l| **l != self.s.attach_socket)
+        {
+            let _ = std::fs::remove_file(link);
+            if let Err(e) = std::os::unix::fs::symlink(&self.s.attach_socket, link) {
+                crate::log!("cannot link {}: {e}", link.display());
             }
+        }
+    }
+
+    fn unlink_attach(&self) {
+        if let Some(link) = &self.s.attach_link {
+            let _ = std::fs::remove_file(link);
         }
     }
 
@@ -206,7 +236,12 @@ impl Conmon {
         {
             crate::log!("cannot write {}: {e}", self.s.container_pidfile.display());
         }
-        self.send_sync(pid, None);
+        // A legacy exec (CRI-O's exec sync) reports only its exit code.
+        if self.s.api_version || self.s.exec.is_none() {
+            self.send_sync(pid, None);
+        }
+        self.pid = Some(pid);
+        self.timeout_at = self.s.timeout.map(|t| Instant::now() + t);
         self.phase = Phase::Running;
     }
 
@@ -214,7 +249,7 @@ impl Conmon {
         crate::log!("create failed: {message}");
         self.send_sync(-1, Some(message));
         self.outcome.set(1);
-        let _ = std::fs::remove_file(&self.s.attach_link);
+        self.unlink_attach();
         self.held.clear();
         // Ended on the next tick: outputs made here (in `deliver`) would wait for
         // the loop's next wake-up.
@@ -222,7 +257,7 @@ impl Conmon {
     }
 
     fn send_sync(&mut self, data: i32, message: Option<&str>) {
-        let key = if self.s.api_version { "data" } else { "pid" };
+        let key = files::sync_key(self.s.api_version, self.s.exec.is_some());
         if let Some(fd) = &self.sync {
             if let Err(e) = files::sync_message(fd, key, data, message) {
                 crate::log!("cannot write to the sync pipe: {e}");
@@ -238,7 +273,13 @@ impl Conmon {
     fn exited(&mut self, record: &ExitRecord) {
         // Published ports must be free before the engine sees the exit (restart).
         self.held.clear();
-        let status = record.status.unwrap_or(-1);
+        let status = if self.timed_out {
+            -1
+        } else {
+            record.status.unwrap_or(-1)
+        };
+        // conmon's monitor exits with the process's status (-1 after a timeout).
+        self.outcome.set(status);
         crate::log!("container {} exited with {status}", self.s.cid);
         if record.oom_killed {
             let mut dirs = vec![self.s.bundle.clone()];
@@ -256,15 +297,33 @@ impl Conmon {
         if let Some(dir) = &self.s.exit_dir {
             files::write_or_log(&dir.join(&self.s.cid), &text);
         }
-        let _ = std::fs::remove_file(&self.s.attach_link);
+        self.unlink_attach();
         if self.s.exec.is_some() {
             // podman has stopped reading by now (it takes the status from the exit
             // file): conmon's write fails with EPIPE too.
+            let key = files::sync_key(self.s.api_version, true);
+            let message = self.timed_out.then_some(TIMED_OUT);
             if let Some(fd) = self.sync.take() {
-                let _ = files::sync_message(&fd, "data", status, None);
+                let _ = files::sync_message(&fd, key, status, message);
             }
         }
         self.phase = Phase::Draining(Instant::now() + ATTACH_DRAIN);
+    }
+
+    /// `-T` ran out: conmon kills the process's group (the process alone if its group
+    /// is the monitor's or init's) with SIGKILL; the exit is reported as -1.
+    fn time_out(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::{getpgid, Pid};
+        self.timeout_at = None;
+        let Some(pid) = self.pid else { return };
+        self.timed_out = true;
+        crate::log!("{} timed out: killing it", self.process_name());
+        let pid = Pid::from_raw(pid);
+        let _ = match getpgid(Some(pid)) {
+            Ok(group) if group.as_raw() > 1 => kill(Pid::from_raw(-group.as_raw()), Signal::SIGKILL),
+            _ => kill(pid, Signal::SIGKILL),
+        };
     }
 
     /// Ends the loop; the launcher's hook runs the exit command.
@@ -333,6 +392,7 @@ impl Front for Conmon {
         match self.phase {
             Phase::Start if self.s.exec.is_some() => self.exec(core, io),
             Phase::Start => self.create(core, io),
+            Phase::Running if self.timeout_at.is_some_and(|t| Instant::now() >= t) => self.time_out(),
             Phase::Draining(deadline) if !core.attach_clients_remain() || Instant::now() >= deadline => {
                 self.finish(core, io);
             }
@@ -344,6 +404,7 @@ impl Front for Conmon {
         match self.phase {
             Phase::Start => Some(Instant::now()),
             Phase::Draining(deadline) => Some((Instant::now() + DRAIN_POLL).min(deadline)),
+            Phase::Running => self.timeout_at,
             _ => None,
         }
     }
