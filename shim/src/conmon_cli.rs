@@ -423,3 +423,28 @@ fn run_exit_command(cmd: &str, args: &[String], delay: u64) -> Option<i32> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::link_socket_dir;
+
+    #[test]
+    fn socket_dir_link_is_one_byte_shorter_at_107_bytes() {
+        let dir = std::env::temp_dir().join(format!("tc-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        link_socket_dir(&dir, "abc", &bundle).unwrap();
+        assert_eq!(std::fs::read_link(dir.join("abc")).unwrap(), bundle);
+        // Made again over the old one.
+        link_socket_dir(&dir, "abc", &bundle).unwrap();
+        let base = dir.display().to_string().len() + 1;
+        let cuuid = "x".repeat(107 - base);
+        link_socket_dir(&dir, &cuuid, &bundle).unwrap();
+        let short = dir.join(&cuuid[..cuuid.len() - 1]);
+        assert_eq!(short.display().to_string().len(), 106);
+        assert_eq!(std::fs::read_link(&short).unwrap(), bundle);
+        assert!(std::fs::symlink_metadata(dir.join(&cuuid)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
