@@ -133,7 +133,8 @@ impl TaskInfo {
             // The shim's own news for JSON-RPC clients: nothing containerd knows.
             EventBody::StateDirFailing { .. }
             | EventBody::StateDirRecovered {}
-            | EventBody::OutputDropped { .. } => return None,
+            | EventBody::OutputDropped { .. }
+            | EventBody::Upgraded { .. } => return None,
             EventBody::Deleted {} => {
                 let exit = self.init_exit.as_ref();
                 let m = proto::TaskDelete {
