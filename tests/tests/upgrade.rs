@@ -398,3 +398,50 @@ fn a_shim_killed_while_it_upgrades_is_cleaned_up_like_any_dead_shim() {
     assert_eq!((record.process.as_str(), record.status), (INIT_PROCESS, None));
     wait_until(T, "init killed by cleanup", || pid_gone(init));
 }
+
+#[test]
+fn tetherctl_upgrades_every_shim_under_a_state_root() {
+    let work = TempDir::new("tether-upgrade-all");
+    let root = work.path().join("root");
+    let next = patched_shim(work.path(), "next", "1");
+    let shims: Vec<Shim> = (0..3)
+        .map(|k| {
+            let id = unique_id(&format!("all{k}"));
+            let shim = Shim::launch_at(
+                &BundleSpec::new(&["sleep", "1000"]),
+                TempDir::new("tether-upgrade-all-bundle"),
+                root.join(&id),
+                &id,
+                &[],
+            );
+            let mut c = shim.client();
+            c.create(&null_stdio()).unwrap();
+            c.start().unwrap();
+            shim
+        })
+        .collect();
+    let out = std::process::Command::new(binary("tetherctl"))
+        .arg("--state-root")
+        .arg(&root)
+        .args(["upgrade", "--all", "--binary"])
+        .arg(&next)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 upgraded, 0 not"), "{text}");
+    for shim in &shims {
+        let v = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("{} {v}+dev -> {v}+next", shim.id)),
+            "{text}"
+        );
+        let hello = shim.client().hello().unwrap();
+        assert!(hello.version.ends_with("+next"), "{hello:?}");
+        assert_eq!(hello.status, ContainerStatus::Running);
+    }
+}
