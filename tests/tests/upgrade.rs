@@ -16,41 +16,6 @@ use tether_tests::*;
 
 const T: Duration = Duration::from_secs(120);
 
-/// A copy of tether-shim whose tag (and hand-over versions) are patched.
-fn patched_shim(dir: &Path, tag: &str, accepts: &str) -> PathBuf {
-    let mut bytes = fs::read(binary("tether-shim")).expect("read tether-shim");
-    patch(&mut bytes, b"tether-build-tag:", tag.as_bytes());
-    patch(&mut bytes, b"tether-handover-accepts:", accepts.as_bytes());
-    let path = dir.join(format!("tether-shim-{tag}"));
-    fs::write(&path, bytes).expect("write the patched shim");
-    let mut perms = fs::metadata(&path).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    fs::set_permissions(&path, perms).unwrap();
-    path
-}
-
-/// Overwrites the value after `marker` (up to its NUL padding) with `value`.
-fn patch(bytes: &mut [u8], marker: &[u8], value: &[u8]) {
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .unwrap_or_else(|| panic!("{} not in the binary", String::from_utf8_lossy(marker)))
-        + marker.len();
-    let room = bytes[at..].iter().position(|b| *b == 0).unwrap()
-        + bytes[at..]
-            .iter()
-            .skip_while(|b| **b != 0)
-            .take_while(|b| **b == 0)
-            .count();
-    assert!(
-        value.len() < room,
-        "no room for {:?}",
-        String::from_utf8_lossy(value)
-    );
-    bytes[at..at + room].fill(0);
-    bytes[at..at + value.len()].copy_from_slice(value);
-}
-
 fn kill9(pid: i32) {
     // SAFETY: signalling a pid this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);

@@ -2,10 +2,11 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--memory | --scale] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
+//! `bench [--quick] [--memory | --scale | --upgrade] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
 //! (scripts/bench installs the peers and builds first). `--memory` measures idle
 //! memory, descriptors and wakeups alone; `--scale` how the costs grow with the number
-//! of containers (src/bench_scale.rs). `--baseline` adds another tether-shim binary
+//! of containers (src/bench_scale.rs); `--upgrade` upgrade in place alone
+//! (src/bench_upgrade.rs, also part of a full run). `--baseline` adds another tether-shim binary
 //! (an earlier build) as system `base`, measured in the same run, with tether/base
 //! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
 //! interleaved with the others, as a row of its own.
@@ -21,8 +22,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tether_protocol::{Client, CreateParams, ExecParams};
-use tether_tests::{binary, make_rootfs, null_stdio, BundleSpec};
+use tether_protocol::{Client, CreateParams, ExecParams, UpgradeResult};
+use tether_tests::{binary, make_rootfs, null_stdio, patched_shim, BundleSpec};
 
 const SYSTEMS: [&str; 4] = ["runc", "tether", "conmon", "containerd"];
 
@@ -116,6 +117,19 @@ fn main() {
         cleanup_leftovers(&work);
         return;
     }
+    if args.iter().any(|a| a == "--upgrade") {
+        let report = json!({ "upgrade": b.upgrade_figures() });
+        fs::create_dir_all(&out).unwrap();
+        fs::write(
+            out.join("upgrade.json"),
+            serde_json::to_vec_pretty(&report).unwrap(),
+        )
+        .unwrap();
+        eprintln!("bench: wrote {}/upgrade.json", out.display());
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
     if args.iter().any(|a| a == "--memory") {
         // Idle memory, descriptors and wakeups alone (a few minutes).
         let n = if quick { 5 } else { 50 };
@@ -162,7 +176,9 @@ fn main() {
     eprintln!("bench: idle memory");
     b.idle_memory(if quick { 5 } else { 50 });
     b.tether_under_containerd(runs, mb, if quick { 5 } else { 50 });
+    let upgrade = b.upgrade_figures();
     let mut report = b.report(started.elapsed());
+    report["upgrade"] = upgrade;
     report["tether_under_containerd"] = b.containerd_front_report();
     if let Some(rt) = second.take() {
         report["second_runtime"] = rt.report();
@@ -419,6 +435,9 @@ mod bench_containerd;
 // `--scale`: src/bench_scale.rs.
 #[path = "../bench_scale.rs"]
 mod bench_scale;
+// `--upgrade`: src/bench_upgrade.rs.
+#[path = "../bench_upgrade.rs"]
+mod bench_upgrade;
 use bench_containerd::{start_containerd, CtdBench};
 use tether_tests::containerd::Containerd;
 
