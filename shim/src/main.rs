@@ -83,7 +83,7 @@ fn main() {
             );
             0
         }
-        Some("take-over") => tether_shim::upgrade::take_over_main(&args[1..]),
+        Some("take-over") => tether_shim::upgrade::take_over_main(&args[1..], tether_shim::upgrade::KIND),
         Some("start") => match start_options(&args[1..]) {
             Ok(opts) => {
                 launch::reexec_with_malloc_tunables();

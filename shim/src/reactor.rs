@@ -30,6 +30,9 @@ pub struct Reactor {
     core: Core,
     dir: StateDir,
     upgrade: Option<Upgrade>,
+    /// Which binary this is (`tether-shim`, `containerd-shim-tether-v2`): an upgrade
+    /// takes only a binary of the same kind.
+    kind: &'static str,
 }
 
 impl Reactor {
@@ -48,12 +51,23 @@ impl Reactor {
             core,
             dir,
             upgrade: None,
+            kind: upgrade::KIND,
         })
+    }
+
+    /// Which binary this is (see `kind`); tether-shim unless set.
+    pub fn set_kind(&mut self, kind: &'static str) {
+        self.kind = kind;
     }
 
     /// The loop again in a new binary, from the old one's record (upgrade in place):
     /// the client that asked is answered and `upgraded` is published.
-    pub fn take_over(record: ShimRecord, fds: &mut Adopting, paused_us: u64) -> Result<Box<Reactor>, String> {
+    pub fn take_over(
+        record: ShimRecord,
+        fds: &mut Adopting,
+        paused_us: u64,
+        kind: &'static str,
+    ) -> Result<Box<Reactor>, String> {
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         let mut routes = Routes::default();
         let mut signals = Signals::new([SIGCHLD, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
@@ -88,6 +102,7 @@ impl Reactor {
             core,
             dir,
             upgrade: None,
+            kind,
         }))
     }
 
@@ -182,6 +197,7 @@ impl Reactor {
             }
             step_upgrade(
                 &mut self.upgrade,
+                self.kind,
                 exiting.is_some(),
                 &mut self.core,
                 &mut self.fronts,
@@ -230,6 +246,7 @@ impl Reactor {
 /// execs the new binary; whatever stops it is the asking client's answer.
 fn step_upgrade(
     upgrade: &mut Option<Upgrade>,
+    kind: &'static str,
     exiting: bool,
     core: &mut Core,
     fronts: &mut [Box<dyn Front>],
@@ -241,7 +258,7 @@ fn step_upgrade(
         let begun = if exiting {
             Err("the shim is exiting".to_string())
         } else {
-            upgrade::begin(k, req, core, fronts)
+            upgrade::begin(k, req, kind, core, fronts)
         };
         match begun {
             Ok(up) => {
@@ -255,7 +272,10 @@ fn step_upgrade(
         }
     }
     let Some(up) = upgrade.as_ref() else { return };
-    let why = match core.hand_over_waits_for() {
+    let waits = core
+        .hand_over_waits_for()
+        .or_else(|| fronts.iter().find_map(|f| f.hand_over_waits_for()));
+    let why = match waits {
         Some(_) if up.asked_at.elapsed() < upgrade::WAIT_LIMIT => return,
         Some(why) => format!("waited {:?}: {why}", upgrade::WAIT_LIMIT),
         None if exiting => "the shim is exiting".to_string(),

@@ -13,7 +13,8 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The binary kind a tether-shim upgrades to (`BINARY handover-versions` says it).
+/// The binary kind a tether-shim upgrades to (`BINARY handover-versions` says it);
+/// containerd's shim is `containerd-shim-tether-v2`.
 pub const KIND: &str = "tether-shim";
 /// How long an upgrade waits for runtime calls in flight before it is refused.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -54,11 +55,12 @@ fn now_ns() -> u64 {
 pub fn begin(
     front: usize,
     req: UpgradeRequest,
+    kind: &str,
     core: &Core,
     fronts: &[Box<dyn Front>],
 ) -> Result<Upgrade, String> {
     if !fronts.iter().all(|f| f.can_hand_over()) {
-        return Err("this shim serves a front that cannot hand over yet (containerd's or conmon's)".into());
+        return Err("this shim serves a front that cannot hand over yet (conmon's)".into());
     }
     if core.engine_owns_lifecycle() {
         return Err("tether-conmon cannot hand over yet".into());
@@ -67,7 +69,7 @@ pub fn begin(
         Some(b) => b,
         None => handover::own_binary()?,
     };
-    let to = handover::check_binary(&binary, KIND)?;
+    let to = handover::check_binary(&binary, kind)?;
     Ok(Upgrade {
         front,
         binary,
@@ -140,24 +142,24 @@ fn exec_new_binary(
 /// `tether-shim take-over --record-fd N`: the new binary's start. Returns the exit
 /// code when its loop ends (or at once, if the record cannot be taken over: the
 /// containers run on, and `cleanup` reads the state dir as after any shim's death).
-pub fn take_over_main(args: &[String]) -> i32 {
+pub fn take_over_main(args: &[String], kind: &'static str) -> i32 {
     let fd = match args {
         [flag, n] if flag == "--record-fd" => n.parse::<RawFd>().ok(),
         _ => None,
     };
     let Some(fd) = fd else {
-        eprintln!("tether-shim take-over: usage: tether-shim take-over --record-fd N (run by a shim's `upgrade`, not by hand)");
+        eprintln!("{kind} take-over: usage: {kind} take-over --record-fd N (run by a shim's `upgrade`, not by hand)");
         return 2;
     };
     let record: ShimRecord = match handover::read_record(fd) {
         Ok(r) => r,
         Err(e) => {
             crate::log!("take-over failed: {e}");
-            eprintln!("tether-shim take-over: {e}");
+            eprintln!("{kind} take-over: {e}");
             return 1;
         }
     };
-    match take_over(record) {
+    match take_over(record, kind) {
         Ok(code) => code,
         Err(e) => {
             crate::log!(
@@ -168,7 +170,7 @@ pub fn take_over_main(args: &[String]) -> i32 {
     }
 }
 
-fn take_over(record: ShimRecord) -> Result<i32, String> {
+fn take_over(record: ShimRecord, kind: &'static str) -> Result<i32, String> {
     use std::fs::OpenOptions;
     let dir = crate::state_dir::StateDir::new(record.core_dir());
     if let Ok(log) = OpenOptions::new().create(true).append(true).open(dir.log()) {
@@ -188,7 +190,7 @@ fn take_over(record: ShimRecord) -> Result<i32, String> {
     }
     let mut fds = Adopting::new(&record.fds);
     let paused_us = now_ns().saturating_sub(record.handed_at_ns) / 1000;
-    let server = crate::reactor::Reactor::take_over(record, &mut fds, paused_us)
+    let server = crate::reactor::Reactor::take_over(record, &mut fds, paused_us, kind)
         .map_err(|e| format!("rebuilding the loop: {e}"))?;
     fds.finish();
     match server.run() {

@@ -725,10 +725,15 @@ pub fn connect_seqpacket(path: &str) -> OwnedFd {
 /// A copy of tether-shim whose build tag (and hand-over versions) are patched: the
 /// "other version" of the upgrade tests and bench (see shim/src/handover.rs).
 pub fn patched_shim(dir: &Path, tag: &str, accepts: &str) -> PathBuf {
-    let mut bytes = fs::read(binary("tether-shim")).expect("read tether-shim");
+    patched_binary("tether-shim", dir, tag, accepts)
+}
+
+/// [`patched_shim`] of another of the workspace's binaries (`containerd-shim-tether-v2`).
+pub fn patched_binary(name: &str, dir: &Path, tag: &str, accepts: &str) -> PathBuf {
+    let mut bytes = fs::read(binary(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
     patch(&mut bytes, b"tether-build-tag:", tag.as_bytes());
     patch(&mut bytes, b"tether-handover-accepts:", accepts.as_bytes());
-    let path = dir.join(format!("tether-shim-{tag}"));
+    let path = dir.join(format!("{name}-{tag}"));
     fs::write(&path, bytes).expect("write the patched shim");
     let mut perms = fs::metadata(&path).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);

@@ -20,6 +20,7 @@ use std::time::Instant;
 #[derive(serde::Serialize, serde::Deserialize)]
 pub enum FrontRecord {
     JsonRpc(jsonrpc::JsonRpcRecord),
+    Containerd(Box<containerd::ContainerdRecord>),
 }
 
 /// An `upgrade` a client asked a front for; the loop carries it out.
@@ -67,6 +68,11 @@ pub trait Front {
         false
     }
 
+    /// What the front still waits for before it can be handed over, if anything.
+    fn hand_over_waits_for(&self) -> Option<String> {
+        None
+    }
+
     /// The new binary has taken over the upgrade this front asked for: answer it.
     fn upgrade_done(&mut self, _result: tether_protocol::UpgradeResult, _core: &mut Core, _io: &mut Io<'_>) {}
 
@@ -104,5 +110,6 @@ pub fn take_over(
 ) -> Result<Box<dyn Front>, String> {
     match r {
         FrontRecord::JsonRpc(r) => Ok(Box::new(jsonrpc::JsonRpc::take_over(r, owner, fds, io)?)),
+        FrontRecord::Containerd(r) => Ok(Box::new(containerd::Containerd::take_over(*r, owner, fds, io)?)),
     }
 }
