@@ -150,12 +150,19 @@ fn a_busy_shim_flipped_100_times_loses_nothing() {
         assert_eq!(exit.status, Some(code), "{id}");
         c.delete(Some(&id), false).unwrap();
     }
-    // Same clients as at flip 10, no exec left: the same fds.
-    let fds_at_100 = fd_count(shim_pid);
-    let rss_at_100 = proc_status_kb(shim_pid, "VmRSS");
-    assert_eq!(fds_at_100, fds_at_10, "fds grew across 90 upgrades");
+    // Same clients as at flip 10 (the exec waiters' connections close as the shim
+    // sees them go), no exec left: the same fds. Memory cannot pile up across execs
+    // of the binary; what could is output held in queues, bounded (attach's 1 MiB a
+    // client, the fan-out's chunk), hence the margin.
+    let settled = poll_until(T, || fd_count(shim_pid) == fds_at_10);
     assert!(
-        rss_at_100 <= rss_at_10 + 1024,
+        settled,
+        "fds grew across 90 upgrades: {fds_at_10} -> {}",
+        fd_count(shim_pid)
+    );
+    let rss_at_100 = proc_status_kb(shim_pid, "VmRSS");
+    assert!(
+        rss_at_100 <= rss_at_10 + 4096,
         "RSS grew across 90 upgrades: {rss_at_10} -> {rss_at_100} kB"
     );
 
