@@ -37,6 +37,9 @@ pub enum ErrorKind {
     EventsMissing,
     /// Something inside the shim failed (I/O on its state dir...).
     Internal,
+    /// `upgrade` did not happen (the binary cannot take over, or the shim could not
+    /// be handed over): the shim runs on unchanged, as the message says why.
+    UpgradeRefused,
 }
 
 impl ErrorKind {
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => -32008,
             ErrorKind::LimitExceeded => -32009,
             ErrorKind::EventsMissing => -32010,
+            ErrorKind::UpgradeRefused => -32011,
         }
     }
 
@@ -79,6 +83,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::EventsMissing => "events_missing",
             ErrorKind::Internal => "internal",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
         }
     }
 }

@@ -44,6 +44,11 @@ impl LineBuffer {
         result
     }
 
+    /// What is buffered and not yet taken as a line.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

@@ -130,6 +130,12 @@ pub enum EventBody {
         total: u64,
         error: String,
     },
+    /// The shim replaced its own binary (`upgrade`): same pid, same fds, every
+    /// process and client carried over. `from` and `to` are the two versions.
+    Upgraded {
+        from: String,
+        to: String,
+    },
 }
 
 impl EventBody {
@@ -148,8 +154,29 @@ impl EventBody {
             EventBody::StateDirFailing { .. } => "state_dir_failing",
             EventBody::StateDirRecovered {} => "state_dir_recovered",
             EventBody::OutputDropped { .. } => "output_dropped",
+            EventBody::Upgraded { .. } => "upgraded",
         }
     }
+}
+
+/// `upgrade`: the binary to replace the shim's own with (default: the path the shim
+/// was started from, as it is on disk now).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// The answer to `upgrade`, sent by the new binary once it has taken over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeResult {
+    pub from: String,
+    pub to: String,
+    /// The shim's pid, the same before and after.
+    pub shim_pid: u32,
+    /// How long the shim's loop stood still for the hand-over, in microseconds.
+    pub paused_us: u64,
 }
 
 /// The stdio a process got: the paths in use, or `null` where the stream is closed

@@ -103,11 +103,20 @@ fn parse(args: &[String]) -> Flags {
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Upgrade in place (the JSON-RPC `upgrade`), not containerd's actions.
+    match args.first().map(String::as_str) {
+        Some("handover-versions") => {
+            println!("{}", crate::handover::versions_line(NAME));
+            return 0;
+        }
+        Some("take-over") => return crate::upgrade::take_over_main(&args[1..], NAME),
+        _ => {}
+    }
     let f = parse(&args);
     if f.version {
         println!(
             "{NAME}:\n  Version:  {}\n  (tether, protocol {})",
-            env!("CARGO_PKG_VERSION"),
+            crate::handover::version(),
             tether_protocol::PROTOCOL_VERSION
         );
         return 0;
@@ -292,6 +301,7 @@ fn start(f: &Flags) -> Result<(), String> {
         runtime,
     };
     let extra: launch::ExtraFront = Box::new(move |server| {
+        server.set_kind(NAME);
         let listener = bind(&config.socket)?;
         server
             .add_front(|owner, io| Containerd::new(listener, config, id, owner, io))

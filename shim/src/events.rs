@@ -248,6 +248,49 @@ impl EventLog {
     }
 }
 
+/// The event log in a hand-over record. Only a log whose events are all on disk is
+/// handed over (the shim waits for the disk otherwise), so the file is all of it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct EventLogRecord {
+    path: PathBuf,
+    file: std::os::fd::RawFd,
+    good_len: u64,
+    last_seq: u64,
+    first_seq: u64,
+}
+
+impl EventLog {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<EventLogRecord, String> {
+        if !self.unwritten.is_empty() || self.lost.is_some() {
+            return Err(format!(
+                "{} events wait for the disk ({})",
+                self.unwritten.len(),
+                self.failure.as_deref().unwrap_or("some were let go")
+            ));
+        }
+        Ok(EventLogRecord {
+            path: self.path.clone(),
+            file: fds.pass(&self.file)?,
+            good_len: self.good_len,
+            last_seq: self.last_seq,
+            first_seq: self.first_seq,
+        })
+    }
+
+    pub fn take_over(r: EventLogRecord, fds: &mut crate::handover::Adopting) -> Result<EventLog, String> {
+        Ok(EventLog {
+            path: r.path,
+            file: File::from(fds.take(r.file)?),
+            good_len: r.good_len,
+            last_seq: r.last_seq,
+            first_seq: r.first_seq,
+            unwritten: VecDeque::new(),
+            lost: None,
+            failure: None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,34 @@ pub fn reexec_with_malloc_tunables() {
     eprintln!("tether-shim: re-exec for malloc tunables failed ({err}); going on without");
 }
 
+/// The runtime and everything else the shim runs get the caller's tunables back.
+pub fn restore_caller_tunables() {
+    match std::env::var(SAVED_TUNABLES) {
+        Ok(saved) if !saved.is_empty() => std::env::set_var("GLIBC_TUNABLES", saved),
+        _ => std::env::remove_var("GLIBC_TUNABLES"),
+    }
+    std::env::remove_var(SAVED_TUNABLES);
+}
+
+/// The shim is about to exec a new binary of itself (upgrade in place): it starts
+/// with the shim's malloc tunables, and the caller's saved for
+/// [`restore_caller_tunables`]. Returns what to put back if the exec fails.
+pub fn tunables_for_exec() -> Option<String> {
+    let current = std::env::var("GLIBC_TUNABLES").ok();
+    std::env::set_var(SAVED_TUNABLES, current.clone().unwrap_or_default());
+    std::env::set_var("GLIBC_TUNABLES", MALLOC_TUNABLES);
+    current
+}
+
+/// The exec failed: the environment as it was.
+pub fn tunables_after_failed_exec(saved: Option<String>) {
+    match saved {
+        Some(v) => std::env::set_var("GLIBC_TUNABLES", v),
+        None => std::env::remove_var("GLIBC_TUNABLES"),
+    }
+    std::env::remove_var(SAVED_TUNABLES);
+}
+
 /// A front added beside the JSON-RPC one, made in the launcher once the shim's loop
 /// exists (before the fork): the containerd front binds its socket here.
 pub type ExtraFront = Box<dyn FnOnce(&mut Reactor) -> Result<(), String>>;
@@ -193,12 +221,7 @@ fn become_shim(
     for signal in [nix::sys::signal::SIGPIPE, nix::sys::signal::SIGHUP] {
         crate::sys::ignore_signal(signal).map_err(|e| format!("ignoring {signal}: {e}"))?;
     }
-    // The runtime and everything else the shim runs get the caller's tunables back.
-    match std::env::var(SAVED_TUNABLES) {
-        Ok(saved) if !saved.is_empty() => std::env::set_var("GLIBC_TUNABLES", saved),
-        _ => std::env::remove_var("GLIBC_TUNABLES"),
-    }
-    std::env::remove_var(SAVED_TUNABLES);
+    restore_caller_tunables();
     let socket = dir.socket();
     if socket != dir.socket_link() {
         // The state dir's path is too long for a socket: it lives in the short dir,

@@ -5,6 +5,8 @@
 //!                   [--runtime-root DIR] [--systemd-cgroup] [--runtime-arg ARG]...
 //! tether-shim cleanup --id ID [--state-dir DIR | --state-root DIR]
 //! tether-shim --version
+//! tether-shim handover-versions        (what `upgrade` asks a new binary)
+//! tether-shim take-over --record-fd N  (run by a shim's `upgrade`, not by hand)
 //! ```
 
 use std::path::PathBuf;
@@ -69,11 +71,19 @@ fn main() {
         Some("--version") | Some("version") => {
             println!(
                 "tether-shim {} (protocol {})",
-                env!("CARGO_PKG_VERSION"),
+                tether_shim::handover::version(),
                 tether_protocol::PROTOCOL_VERSION
             );
             0
         }
+        Some("handover-versions") => {
+            println!(
+                "{}",
+                tether_shim::handover::versions_line(tether_shim::upgrade::KIND)
+            );
+            0
+        }
+        Some("take-over") => tether_shim::upgrade::take_over_main(&args[1..], tether_shim::upgrade::KIND),
         Some("start") => match start_options(&args[1..]) {
             Ok(opts) => {
                 launch::reexec_with_malloc_tunables();

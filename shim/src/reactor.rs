@@ -4,9 +4,11 @@
 
 use crate::core::{Core, Output};
 use crate::fronts::Front;
+use crate::handover::Adopting;
 use crate::reaper;
 use crate::registry::{Io, Owner, Readiness, Routes};
 use crate::state_dir::StateDir;
+use crate::upgrade::{self, ShimRecord, Upgrade};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 /// How long a shim that is exiting keeps trying to hand its last answers over (and
 /// what else a front still owes: events to containerd, its Shutdown).
 const EXIT_FLUSH: Duration = Duration::from_secs(2);
+/// While an upgrade waits for a runtime call to end: how often the loop looks.
+const UPGRADE_POLL: Duration = Duration::from_millis(5);
 
 pub struct Reactor {
     poll: Poll,
@@ -25,6 +29,10 @@ pub struct Reactor {
     fronts: Vec<Box<dyn Front>>,
     core: Core,
     dir: StateDir,
+    upgrade: Option<Upgrade>,
+    /// Which binary this is (`tether-shim`, `containerd-shim-tether-v2`): an upgrade
+    /// takes only a binary of the same kind.
+    kind: &'static str,
 }
 
 impl Reactor {
@@ -42,7 +50,60 @@ impl Reactor {
             fronts: Vec::new(),
             core,
             dir,
+            upgrade: None,
+            kind: upgrade::KIND,
         })
+    }
+
+    /// Which binary this is (see `kind`); tether-shim unless set.
+    pub fn set_kind(&mut self, kind: &'static str) {
+        self.kind = kind;
+    }
+
+    /// The loop again in a new binary, from the old one's record (upgrade in place):
+    /// the client that asked is answered and `upgraded` is published.
+    pub fn take_over(
+        record: ShimRecord,
+        fds: &mut Adopting,
+        paused_us: u64,
+        kind: &'static str,
+    ) -> Result<Box<Reactor>, String> {
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        let mut routes = Routes::default();
+        let mut signals = Signals::new([SIGCHLD, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
+        let mut io = Io::new(poll.registry(), &mut routes);
+        let signals_token = io
+            .watch(Owner::Signals, &mut signals, Interest::READABLE)
+            .map_err(|e| format!("signals: {e}"))?;
+        let mut core = Core::take_over(record.core, fds, &mut io)?;
+        let mut fronts = Vec::with_capacity(record.fronts.len());
+        for (k, r) in record.fronts.into_iter().enumerate() {
+            fronts.push(crate::fronts::take_over(r, Owner::Front(k), fds, &mut io)?);
+        }
+        let to = crate::handover::version();
+        let result = tether_protocol::UpgradeResult {
+            from: record.from.clone(),
+            to: to.clone(),
+            shim_pid: std::process::id(),
+            paused_us,
+        };
+        crate::log!("took over from {} as {to} (paused {paused_us} us)", record.from);
+        if let Some(front) = fronts.get_mut(record.asked_by) {
+            front.upgrade_done(result, &mut core, &mut io);
+        }
+        core.publish_upgraded(record.from, to, &mut io);
+        let dir = core.state_dir().clone();
+        Ok(Box::new(Reactor {
+            poll,
+            routes,
+            signals,
+            signals_token,
+            fronts,
+            core,
+            dir,
+            upgrade: None,
+            kind,
+        }))
     }
 
     /// The core, for a front's set-up (tether-conmon sets its mode).
@@ -147,6 +208,14 @@ impl Reactor {
                     }
                 }
             }
+            step_upgrade(
+                &mut self.upgrade,
+                self.kind,
+                exiting.is_some(),
+                &mut self.core,
+                &mut self.fronts,
+                &mut io,
+            );
             let flushed = self.fronts.iter().all(|f| f.is_flushed());
             if allocated && flushed {
                 crate::memory::give_back();
@@ -162,6 +231,9 @@ impl Reactor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.upgrade.is_some() {
+            return Some(Instant::now() + UPGRADE_POLL);
+        }
         self.fronts
             .iter()
             .filter_map(|f| f.next_deadline())
@@ -179,6 +251,61 @@ impl Reactor {
             let _ = std::fs::remove_file(self.dir.socket());
             crate::log!("shim exiting; state dir kept");
         }
+    }
+}
+
+/// Takes an `upgrade` a front asked for, and carries out the one under way: it waits
+/// while the core has a runtime call in flight (up to WAIT_LIMIT), then the shim
+/// execs the new binary; whatever stops it is the asking client's answer.
+fn step_upgrade(
+    upgrade: &mut Option<Upgrade>,
+    kind: &'static str,
+    exiting: bool,
+    core: &mut Core,
+    fronts: &mut [Box<dyn Front>],
+    io: &mut Io<'_>,
+) {
+    if upgrade.is_none() {
+        let asked = (0..fronts.len()).find_map(|k| fronts[k].take_upgrade_request().map(|r| (k, r)));
+        let Some((k, req)) = asked else { return };
+        let begun = if exiting {
+            Err("the shim is exiting".to_string())
+        } else {
+            upgrade::begin(k, req, kind, core, fronts)
+        };
+        match begun {
+            Ok(up) => {
+                crate::log!("upgrade to {} ({}) asked", up.binary.display(), up.to);
+                for front in fronts.iter_mut() {
+                    front.hold(true);
+                }
+                *upgrade = Some(up);
+            }
+            Err(why) => return refuse_upgrade(k, &why, core, fronts, io),
+        }
+    }
+    let Some(up) = upgrade.as_ref() else { return };
+    let waits = core
+        .hand_over_waits_for()
+        .or_else(|| fronts.iter().find_map(|f| f.hand_over_waits_for()));
+    let why = match waits {
+        Some(_) if up.asked_at.elapsed() < upgrade::WAIT_LIMIT => return,
+        Some(why) => format!("waited {:?}: {why}", upgrade::WAIT_LIMIT),
+        None if exiting => "the shim is exiting".to_string(),
+        None => upgrade::hand_over(up, core, fronts),
+    };
+    let k = up.front;
+    *upgrade = None;
+    refuse_upgrade(k, &why, core, fronts, io);
+}
+
+fn refuse_upgrade(k: usize, why: &str, core: &mut Core, fronts: &mut [Box<dyn Front>], io: &mut Io<'_>) {
+    crate::log!("upgrade refused: {why}; running on unchanged");
+    if let Some(front) = fronts.get_mut(k) {
+        front.upgrade_refused(why, core, io);
+    }
+    for front in fronts.iter_mut() {
+        front.hold(false);
     }
 }
 

@@ -217,6 +217,35 @@ impl PreparedFile {
     }
 }
 
+/// A [`PreparedFile`] in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PreparedFileRecord {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::os::fd::RawFd,
+}
+
+impl PreparedFile {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<PreparedFileRecord, String> {
+        Ok(PreparedFileRecord {
+            path: self.path.clone(),
+            tmp: self.tmp.clone(),
+            file: fds.pass(&self.file)?,
+        })
+    }
+
+    pub fn take_over(
+        r: PreparedFileRecord,
+        fds: &mut crate::handover::Adopting,
+    ) -> Result<PreparedFile, String> {
+        Ok(PreparedFile {
+            path: r.path,
+            tmp: r.tmp,
+            file: fs::File::from(fds.take(r.file)?),
+        })
+    }
+}
+
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never
 /// a part: write a temp file beside it, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {

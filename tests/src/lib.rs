@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -679,4 +680,85 @@ pub fn read_fifo_slowly(path: &Path, bytes_per_sec: usize) -> Vec<u8> {
         }
         std::thread::sleep(pause);
     }
+}
+
+/// Reads SEQPACKET packets until EOF: (stdout, stderr, the shim's last word if any).
+pub fn read_attach(fd: &OwnedFd) -> (StreamSum, StreamSum, Option<String>) {
+    let (mut out, mut err) = (StreamSum::default(), StreamSum::default());
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: recv into our own buffer on a socket we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            return (out, err, None);
+        }
+        let n = n as usize;
+        assert!(n - 1 <= 8192, "a packet of {} bytes", n - 1);
+        match buf[0] {
+            2 => out.feed(&buf[1..n]),
+            3 => err.feed(&buf[1..n]),
+            4 => return (out, err, Some(String::from_utf8_lossy(&buf[1..n]).into_owned())),
+            other => panic!("unexpected stream byte {other}"),
+        }
+    }
+}
+
+pub fn connect_seqpacket(path: &str) -> OwnedFd {
+    // SAFETY: plain socket calls on a descriptor we own from here on.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as u16;
+        for (i, b) in path.bytes().enumerate() {
+            addr.sun_path[i] = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+        assert_eq!(r, 0, "connect {path}: {}", std::io::Error::last_os_error());
+        owned
+    }
+}
+
+/// A copy of tether-shim whose build tag (and hand-over versions) are patched: the
+/// "other version" of the upgrade tests and bench (see shim/src/handover.rs).
+pub fn patched_shim(dir: &Path, tag: &str, accepts: &str) -> PathBuf {
+    patched_binary("tether-shim", dir, tag, accepts)
+}
+
+/// [`patched_shim`] of another of the workspace's binaries (`containerd-shim-tether-v2`).
+pub fn patched_binary(name: &str, dir: &Path, tag: &str, accepts: &str) -> PathBuf {
+    let mut bytes = fs::read(binary(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+    patch(&mut bytes, b"tether-build-tag:", tag.as_bytes());
+    patch(&mut bytes, b"tether-handover-accepts:", accepts.as_bytes());
+    let path = dir.join(format!("{name}-{tag}"));
+    fs::write(&path, bytes).expect("write the patched shim");
+    let mut perms = fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&path, perms).unwrap();
+    path
+}
+
+/// Overwrites the value after `marker` (up to its NUL padding) with `value`.
+fn patch(bytes: &mut [u8], marker: &[u8], value: &[u8]) {
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .unwrap_or_else(|| panic!("{} not in the binary", String::from_utf8_lossy(marker)))
+        + marker.len();
+    let room = bytes[at..].iter().position(|b| *b == 0).unwrap()
+        + bytes[at..]
+            .iter()
+            .skip_while(|b| **b != 0)
+            .take_while(|b| **b == 0)
+            .count();
+    assert!(
+        value.len() < room,
+        "no room for {:?}",
+        String::from_utf8_lossy(value)
+    );
+    bytes[at..at + room].fill(0);
+    bytes[at..at + value.len()].copy_from_slice(value);
 }

@@ -497,3 +497,95 @@ fn runtime_options_choose_the_runtime_and_its_root() {
     assert!(!state.exists(), "runc state {} left", state.display());
     e.assert_clean("o1", None);
 }
+
+/// Upgrade in place under containerd: a task streaming to `ctr run` keeps every line
+/// across ten upgrades of its shim (through the shim's JSON-RPC socket) and exits once;
+/// a detached task's shim upgraded, then containerd restarted, is found again and
+/// still serves exec, kill and delete.
+#[test]
+fn upgrades_under_containerd_lose_nothing_and_containerd_finds_the_shim_again() {
+    let mut e = Env::start();
+    let next = tether_tests::patched_binary("containerd-shim-tether-v2", e.work.path(), "next", "1");
+    let own = tether_tests::binary("containerd-shim-tether-v2");
+    let mut events = e.events();
+    let mut child = e
+        .run(
+            &["--rm"],
+            "up1",
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do echo $i; i=$((i+1)); done; sleep 1; exit 7",
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = e.state_dir("up1").join("shim.sock");
+    let pid_file = e.state_dir("up1").join("shim.pid");
+    wait_until(Duration::from_secs(30), "up1's shim", || pid_file.exists());
+    let shim_pid = e.shim_pid("up1");
+    for i in 0..10 {
+        let to = if i % 2 == 0 { &next } else { &own };
+        let mut c = tether_tests::tether_protocol::Client::connect(&socket).unwrap();
+        let r: tether_tests::tether_protocol::UpgradeResult = c
+            .call("upgrade", &serde_json::json!({ "binary": to }))
+            .unwrap_or_else(|err| panic!("upgrade {i}: {err}"));
+        assert_eq!(r.shim_pid as i32, shim_pid);
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+    let expected: String = (0..20000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out == expected,
+        "ctr's output differs after upgrades: {} bytes, want {}",
+        out.len(),
+        expected.len()
+    );
+    let lines = events.until(|l| has_topic(l, "up1", "/tasks/delete"));
+    let exits = task_topics(&lines, "up1")
+        .iter()
+        .filter(|t| *t == "/tasks/exit")
+        .count();
+    assert_eq!(exits, 1, "{lines:?}");
+    e.assert_clean("up1", None);
+
+    let pid = e.run_sleeper("up2");
+    let socket = e.state_dir("up2").join("shim.sock");
+    let mut c = tether_tests::tether_protocol::Client::connect(&socket).unwrap();
+    let r: tether_tests::tether_protocol::UpgradeResult =
+        c.call("upgrade", &serde_json::json!({ "binary": next })).unwrap();
+    assert!(r.to.ends_with("+next"), "{r:?}");
+    drop(c);
+    e.ctd.restart();
+    wait_until(Duration::from_secs(30), "containerd to list up2 again", || {
+        task_status(&e.ctd, "up2").as_deref() == Some("RUNNING")
+    });
+    assert_eq!(e.task_pid("up2"), pid);
+    let out = e.ctd.ctr_out(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        "up2",
+        "/bin/sh",
+        "-c",
+        "echo after; exit 4",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n");
+    e.ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "up2"]);
+    wait_until(Duration::from_secs(10), "up2 to stop", || {
+        task_status(&e.ctd, "up2").as_deref() == Some("STOPPED")
+    });
+    e.ctd.ctr_ok(&["task", "rm", "up2"]);
+    e.ctd.ctr_ok(&["container", "rm", "up2"]);
+    e.assert_clean("up2", None);
+}

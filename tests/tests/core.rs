@@ -253,16 +253,19 @@ fn delete_leaves_nothing_behind() {
         std::process::id() as i32,
         "the shim must not be a child of its launcher's caller"
     );
-    let sid = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse::<i32>()
-        .unwrap();
-    assert_eq!(sid, shim_pid, "the shim leads its own session");
+    // The shim calls setsid itself once it runs, which under load can be a moment
+    // after its launcher has answered.
+    let sid = || {
+        let stat = fs::read_to_string(format!("/proc/{shim_pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3)?.parse::<i32>().ok())
+    };
+    let led = poll_until(Duration::from_secs(30), || sid() == Some(shim_pid));
+    assert!(
+        led,
+        "the shim leads its own session: sid {:?}, pid {shim_pid}",
+        sid()
+    );
 
     let mut c = shim.client();
     c.create(&null_stdio()).unwrap();

@@ -5,7 +5,7 @@
 use serde_json::json;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -202,46 +202,6 @@ fn a_full_disk_under_the_log_costs_records_not_the_container() {
     let state = c.state().unwrap();
     assert_eq!(state.processes[0].output_dropped_bytes, dropped);
     c.hello().expect("the shim stays up");
-}
-
-/// Reads SEQPACKET packets until EOF: (stdout, stderr, the shim's last word if any).
-fn read_attach(fd: &OwnedFd) -> (StreamSum, StreamSum, Option<String>) {
-    let (mut out, mut err) = (StreamSum::default(), StreamSum::default());
-    let mut buf = vec![0u8; 65536];
-    loop {
-        // SAFETY: recv into our own buffer on a socket we own.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
-        if n == 0 {
-            return (out, err, None);
-        }
-        let n = n as usize;
-        assert!(n - 1 <= 8192, "a packet of {} bytes", n - 1);
-        match buf[0] {
-            2 => out.feed(&buf[1..n]),
-            3 => err.feed(&buf[1..n]),
-            4 => return (out, err, Some(String::from_utf8_lossy(&buf[1..n]).into_owned())),
-            other => panic!("unexpected stream byte {other}"),
-        }
-    }
-}
-
-fn connect_seqpacket(path: &str) -> OwnedFd {
-    // SAFETY: plain socket calls on a descriptor we own from here on.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as u16;
-        for (i, b) in path.bytes().enumerate() {
-            addr.sun_path[i] = b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
-        let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
-        assert_eq!(r, 0, "connect {path}: {}", std::io::Error::last_os_error());
-        owned
-    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Where the container's cgroup lives, found from init's /proc/PID/cgroup at create.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cgroup {
     /// v1: controller name -> the container's directory in that hierarchy.
     v1: HashMap<String, PathBuf>,

@@ -54,6 +54,7 @@ pub enum Answer {
     Stats(Stats),
     /// `delete`: the exit record of what was deleted (null if it never ran).
     Deleted(Option<ExitRecord>),
+    Upgraded(UpgradeResult),
     Empty(Empty),
 }
 

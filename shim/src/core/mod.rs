@@ -11,6 +11,7 @@ mod api;
 mod bundle;
 mod engine;
 mod guards;
+mod handover;
 mod oom;
 mod ops;
 mod ordering;
@@ -22,6 +23,7 @@ pub(crate) mod testing;
 mod tests;
 
 pub use api::*;
+pub use handover::CoreRecord;
 
 use crate::events::{EventLog, ReplayError, Stored};
 use crate::reaper::ChildExit;

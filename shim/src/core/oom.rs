@@ -86,6 +86,50 @@ impl OomWatch {
     }
 }
 
+/// The OOM watch in a hand-over record: the cgroup and the counts. The new shim
+/// makes its own notifier (the old one's registration ends with its fd); a kill in
+/// between shows as a rise of the count, read at once after the take-over.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct OomRecord {
+    cgroup: Option<Cgroup>,
+    watched: bool,
+    seen: u64,
+    unclaimed: u64,
+}
+
+impl OomWatch {
+    pub fn hand_over(&self) -> OomRecord {
+        OomRecord {
+            cgroup: self.cgroup.clone(),
+            watched: self.notifier.is_some(),
+            seen: self.seen,
+            unclaimed: self.unclaimed,
+        }
+    }
+
+    pub fn take_over(r: OomRecord, io: &mut Io<'_>) -> OomWatch {
+        let mut watch = OomWatch {
+            seen: r.seen,
+            unclaimed: r.unclaimed,
+            ..OomWatch::default()
+        };
+        if let Some(cgroup) = r.cgroup {
+            watch.counter = cgroup.oom_counter_file();
+            if r.watched {
+                match cgroup.oom_notifier() {
+                    Ok(notifier) => match io.watch_fd(Owner::Core, notifier.raw(), Interest::READABLE) {
+                        Ok(token) => watch.notifier = Some((notifier, token)),
+                        Err(e) => crate::log!("cannot watch for OOM: {e}"),
+                    },
+                    Err(e) => crate::log!("no OOM notifications (exits are still checked): {e}"),
+                }
+            }
+            watch.cgroup = Some(cgroup);
+        }
+        watch
+    }
+}
+
 impl Core {
     /// Publishes an `oom` event if the cgroup's OOM kill count rose.
     pub(super) fn check_oom(&mut self) {

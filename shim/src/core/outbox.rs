@@ -42,6 +42,25 @@ impl Outbox {
         }
     }
 
+    /// The event log for a hand-over record; refused while anything waits for the
+    /// disk (the shim retries until it is written).
+    pub fn hand_over(
+        &self,
+        fds: &mut crate::handover::Passing,
+    ) -> Result<crate::events::EventLogRecord, String> {
+        if !self.outputs.is_empty() {
+            return Err("outputs not yet delivered".to_string());
+        }
+        if !self.unwritten_records.is_empty() {
+            return Err(format!(
+                "{} exit records wait for the disk ({})",
+                self.unwritten_records.len(),
+                self.record_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        self.events.hand_over(fds)
+    }
+
     pub fn events(&self) -> &EventLog {
         &self.events
     }

@@ -286,3 +286,143 @@ impl Process {
         }
     }
 }
+
+/// A [`Process`] in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ProcessRecord {
+    name: String,
+    terminal: bool,
+    life: LifeRecord,
+    io: crate::io::ProcessIoRecord,
+    waiters: Vec<Ticket>,
+    exit_file: Option<crate::state_dir::PreparedFileRecord>,
+    capture: Option<CaptureRecord>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum LifeRecord {
+    Launching,
+    Created {
+        pid: i32,
+    },
+    Starting {
+        pid: i32,
+    },
+    Running {
+        pid: i32,
+    },
+    Exited {
+        pid: i32,
+        record: ExitRecord,
+        reaped_ms_ago: u64,
+        stage: StageRecord,
+    },
+    Published {
+        record: ExitRecord,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum StageRecord {
+    Created,
+    Starting,
+    Running,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CaptureRecord {
+    ticket: Option<Ticket>,
+    deadline_in_ms: Option<u64>,
+    timed_out: bool,
+}
+
+impl Process {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<ProcessRecord, String> {
+        let life = match &self.life {
+            Life::Launching => LifeRecord::Launching,
+            Life::Created { pid } => LifeRecord::Created { pid: *pid },
+            Life::Starting { pid } => LifeRecord::Starting { pid: *pid },
+            Life::Running { pid } => LifeRecord::Running { pid: *pid },
+            Life::Exited {
+                pid,
+                record,
+                reaped_at,
+                stage,
+            } => LifeRecord::Exited {
+                pid: *pid,
+                record: record.clone(),
+                reaped_ms_ago: reaped_at.elapsed().as_millis() as u64,
+                stage: match stage {
+                    Stage::Created => StageRecord::Created,
+                    Stage::Starting => StageRecord::Starting,
+                    Stage::Running => StageRecord::Running,
+                },
+            },
+            Life::Published { record } => LifeRecord::Published {
+                record: record.clone(),
+            },
+        };
+        Ok(ProcessRecord {
+            name: self.name.clone(),
+            terminal: self.terminal,
+            life,
+            io: self
+                .io
+                .hand_over(fds)
+                .map_err(|e| format!("process {}: {e}", self.name))?,
+            waiters: self.waiters.clone(),
+            exit_file: self.exit_file.as_ref().map(|f| f.hand_over(fds)).transpose()?,
+            capture: self.capture.as_ref().map(|c| CaptureRecord {
+                ticket: c.ticket,
+                deadline_in_ms: crate::handover::ms_ahead(c.deadline),
+                timed_out: c.timed_out,
+            }),
+        })
+    }
+
+    pub fn take_over(
+        r: ProcessRecord,
+        fds: &mut crate::handover::Adopting,
+        io: &mut crate::registry::Io<'_>,
+    ) -> Result<Process, String> {
+        let life = match r.life {
+            LifeRecord::Launching => Life::Launching,
+            LifeRecord::Created { pid } => Life::Created { pid },
+            LifeRecord::Starting { pid } => Life::Starting { pid },
+            LifeRecord::Running { pid } => Life::Running { pid },
+            LifeRecord::Exited {
+                pid,
+                record,
+                reaped_ms_ago,
+                stage,
+            } => Life::Exited {
+                pid,
+                record,
+                reaped_at: crate::handover::from_ms_since(Some(reaped_ms_ago)).unwrap_or_else(Instant::now),
+                stage: match stage {
+                    StageRecord::Created => Stage::Created,
+                    StageRecord::Starting => Stage::Starting,
+                    StageRecord::Running => Stage::Running,
+                },
+            },
+            LifeRecord::Published { record } => Life::Published { record },
+        };
+        let exit_file = r
+            .exit_file
+            .map(|f| crate::state_dir::PreparedFile::take_over(f, fds))
+            .transpose()?;
+        Ok(Process {
+            io: ProcessIo::take_over(r.io, fds, io).map_err(|e| format!("process {}: {e}", r.name))?,
+            name: r.name,
+            terminal: r.terminal,
+            life,
+            waiters: r.waiters,
+            exit_file,
+            capture: r.capture.map(|c| CaptureWait {
+                ticket: c.ticket,
+                deadline: crate::handover::from_ms_ahead(c.deadline_in_ms),
+                timed_out: c.timed_out,
+            }),
+        })
+    }
+}

@@ -86,6 +86,34 @@ impl Listener {
         self.retry_at.is_some_and(|at| at <= Instant::now())
     }
 
+    /// Its socket for a hand-over record (None once closed).
+    pub fn hand_over(
+        &self,
+        fds: &mut crate::handover::Passing,
+    ) -> Result<Option<std::os::fd::RawFd>, String> {
+        fds.pass_opt(self.socket.as_ref().map(|(l, _)| l))
+    }
+
+    /// The listener again, watched by the new loop.
+    pub fn take_over(
+        fd: Option<std::os::fd::RawFd>,
+        owner: Owner,
+        what: &'static str,
+        fds: &mut crate::handover::Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<Listener, String> {
+        match fds.take_opt(fd)? {
+            Some(fd) => Listener::watch(std::os::unix::net::UnixListener::from(fd), owner, what, io)
+                .map_err(|e| format!("cannot watch the {what} socket: {e}")),
+            None => Ok(Listener {
+                socket: None,
+                owner,
+                what,
+                retry_at: None,
+            }),
+        }
+    }
+
     /// No more clients (the shim is exiting).
     pub fn close(&mut self, io: &mut Io<'_>) {
         if let Some((mut listener, token)) = self.socket.take() {

@@ -10,9 +10,24 @@ pub mod listener;
 pub mod out_queue;
 
 use crate::core::{Core, Output};
+use crate::handover::Passing;
 use crate::registry::{Io, Readiness};
 use mio::Token;
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// A front in a hand-over record (upgrade in place).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub enum FrontRecord {
+    JsonRpc(jsonrpc::JsonRpcRecord),
+    Containerd(Box<containerd::ContainerdRecord>),
+}
+
+/// An `upgrade` a client asked a front for; the loop carries it out.
+pub struct UpgradeRequest {
+    /// The new binary (default: the shim's own path, as it is on disk now).
+    pub binary: Option<PathBuf>,
+}
 
 pub trait Front {
     /// Readiness of one of the front's own tokens.
@@ -41,6 +56,36 @@ pub trait Front {
     /// Nothing queued for any client.
     fn is_flushed(&self) -> bool;
 
+    /// An `upgrade` a client asked for since the last turn, for the loop to carry out.
+    fn take_upgrade_request(&mut self) -> Option<UpgradeRequest> {
+        None
+    }
+
+    /// The upgrade this front asked for did not happen: tell its client why.
+    fn upgrade_refused(&mut self, _why: &str, _core: &mut Core, _io: &mut Io<'_>) {}
+
+    /// While an upgrade waits for the core: serve no new requests (they wait, in the
+    /// socket, for the new binary or for the upgrade's refusal).
+    fn hold(&mut self, _on: bool) {}
+
+    /// The front can be handed over (upgrade in place).
+    fn can_hand_over(&self) -> bool {
+        false
+    }
+
+    /// What the front still waits for before it can be handed over, if anything.
+    fn hand_over_waits_for(&self) -> Option<String> {
+        None
+    }
+
+    /// The new binary has taken over the upgrade this front asked for: answer it.
+    fn upgrade_done(&mut self, _result: tether_protocol::UpgradeResult, _core: &mut Core, _io: &mut Io<'_>) {}
+
+    /// This front's part of the hand-over record; Err if it cannot be handed over.
+    fn hand_over(&self, _fds: &mut Passing) -> Result<FrontRecord, String> {
+        Err("this front cannot hand over yet".to_string())
+    }
+
     /// The shim is exiting: this front has done what it still owes (by default,
     /// written what was queued). The loop waits for every front, for a bounded time.
     fn ready_to_exit(&self) -> bool {
@@ -58,5 +103,18 @@ pub fn peer_allowed(stream: &mio::net::UnixStream) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("peer uid {} is neither {me} nor root", creds.uid()))
+    }
+}
+
+/// A front again from its hand-over record, in the new binary.
+pub fn take_over(
+    r: FrontRecord,
+    owner: crate::registry::Owner,
+    fds: &mut crate::handover::Adopting,
+    io: &mut Io<'_>,
+) -> Result<Box<dyn Front>, String> {
+    match r {
+        FrontRecord::JsonRpc(r) => Ok(Box::new(jsonrpc::JsonRpc::take_over(r, owner, fds, io)?)),
+        FrontRecord::Containerd(r) => Ok(Box::new(containerd::Containerd::take_over(*r, owner, fds, io)?)),
     }
 }

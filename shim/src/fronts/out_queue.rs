@@ -31,6 +31,25 @@ impl OutQueue {
         !self.out.is_empty()
     }
 
+    /// The queued messages and how much of the first is written (a hand-over).
+    pub fn parts(&self) -> (Vec<Vec<u8>>, usize) {
+        (self.out.iter().cloned().collect(), self.written)
+    }
+
+    pub fn from_parts(messages: Vec<Vec<u8>>, written: usize) -> OutQueue {
+        let queued = messages.iter().map(Vec::len).sum();
+        let written = if messages.first().is_some_and(|m| written < m.len()) {
+            written
+        } else {
+            0
+        };
+        OutQueue {
+            out: messages.into(),
+            written,
+            queued,
+        }
+    }
+
     /// A message is half written: anything else now would garble it.
     pub fn mid_message(&self) -> bool {
         self.written != 0

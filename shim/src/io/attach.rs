@@ -463,3 +463,120 @@ fn flush(client: &mut Client) -> Result<(), Option<String>> {
     client.out = VecDeque::new();
     Ok(())
 }
+
+/// An [`AttachHub`] in a hand-over record: its sockets by fd, each client's queue.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct AttachRecord {
+    path: PathBuf,
+    listener: std::os::fd::RawFd,
+    clients: Vec<ClientRecord>,
+    stdin: Option<std::os::fd::RawFd>,
+    /// stdin was watched for room (input waited for the process).
+    stdin_watched: bool,
+    /// Index into `clients`.
+    stdin_owner: Option<usize>,
+    closing: bool,
+    stdin_closing: bool,
+    eof_closes_stdin: bool,
+    stdin_eof: bool,
+    stdin_expected: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClientRecord {
+    fd: std::os::fd::RawFd,
+    #[serde(with = "crate::handover::hex_list")]
+    out: Vec<Vec<u8>>,
+    #[serde(with = "crate::handover::hex")]
+    pending_input: Vec<u8>,
+    cut: bool,
+    progress_ms_ago: Option<u64>,
+    input_done: bool,
+}
+
+impl AttachHub {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<AttachRecord, String> {
+        let mut clients = Vec::with_capacity(self.clients.len());
+        for c in &self.clients {
+            clients.push(ClientRecord {
+                fd: fds.pass(&c.fd)?,
+                out: c.out.iter().cloned().collect(),
+                pending_input: c.pending_input.clone(),
+                cut: c.cut,
+                progress_ms_ago: crate::handover::ms_since(Some(c.progress_at)),
+                input_done: c.input_done,
+            });
+        }
+        Ok(AttachRecord {
+            path: self.path.clone(),
+            listener: fds.pass(&self.listener)?,
+            clients,
+            stdin: fds.pass_opt(self.stdin.as_ref().map(|(fd, _)| fd))?,
+            stdin_watched: self.stdin.as_ref().is_some_and(|(_, t)| t.is_some()),
+            stdin_owner: self
+                .stdin_owner
+                .and_then(|t| self.clients.iter().position(|c| c.token == t)),
+            closing: self.closing,
+            stdin_closing: self.stdin_closing,
+            eof_closes_stdin: self.eof_closes_stdin,
+            stdin_eof: self.stdin_eof,
+            stdin_expected: self.stdin_expected,
+        })
+    }
+
+    /// The hub again, its sockets watched by the new loop.
+    pub fn take_over(
+        r: AttachRecord,
+        fds: &mut crate::handover::Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<AttachHub, String> {
+        let watch = |io: &mut Io<'_>, fd: &OwnedFd, interest| {
+            io.watch_fd(Owner::Core, fd.as_raw_fd(), interest)
+                .map_err(|e| format!("cannot watch attach socket {}: {e}", r.path.display()))
+        };
+        let listener = fds.take(r.listener)?;
+        // A closing hub no longer watches its listener (see `finish`).
+        let listener_token = if r.closing {
+            Token(usize::MAX)
+        } else {
+            watch(io, &listener, Interest::READABLE)?
+        };
+        let mut clients = Vec::with_capacity(r.clients.len());
+        for c in r.clients {
+            let fd = fds.take(c.fd)?;
+            let token = watch(io, &fd, Interest::READABLE | Interest::WRITABLE)?;
+            let out: VecDeque<Vec<u8>> = c.out.into();
+            clients.push(Client {
+                fd,
+                token,
+                queued: out.iter().map(Vec::len).sum(),
+                out,
+                pending_input: c.pending_input,
+                cut: c.cut,
+                progress_at: crate::handover::from_ms_since(c.progress_ms_ago).unwrap_or_else(Instant::now),
+                input_done: c.input_done,
+            });
+        }
+        let stdin = match fds.take_opt(r.stdin)? {
+            Some(fd) if r.stdin_watched => {
+                let token = watch(io, &fd, Interest::WRITABLE)?;
+                Some((fd, Some(token)))
+            }
+            Some(fd) => Some((fd, None)),
+            None => None,
+        };
+        Ok(AttachHub {
+            stdin_owner: r.stdin_owner.and_then(|i| clients.get(i)).map(|c| c.token),
+            path: r.path,
+            listener,
+            listener_token,
+            clients,
+            stdin,
+            closing: r.closing,
+            stdin_closing: r.stdin_closing,
+            eof_closes_stdin: r.eof_closes_stdin,
+            stdin_eof: r.stdin_eof,
+            stdin_expected: r.stdin_expected,
+        })
+    }
+}

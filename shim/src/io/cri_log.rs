@@ -435,3 +435,52 @@ mod tests {
         fs::read_dir(dir).unwrap().count()
     }
 }
+
+/// A [`CriLog`] in a hand-over record: its file by fd (kubelet may have renamed it
+/// away, and the shim writes where its fd points until `reopen_log`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CriLogRecord {
+    path: PathBuf,
+    file: std::os::fd::RawFd,
+    size: u64,
+    max_line: usize,
+    max_size: u64,
+    max_files: u32,
+    #[serde(with = "crate::handover::hex_list")]
+    partial: Vec<Vec<u8>>,
+    drops: Vec<super::drops::DropsRecord>,
+}
+
+impl CriLog {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<CriLogRecord, String> {
+        Ok(CriLogRecord {
+            path: self.path.clone(),
+            file: fds.pass(&self.file)?,
+            size: self.size,
+            max_line: self.max_line,
+            max_size: self.max_size,
+            max_files: self.max_files,
+            partial: self.partial.to_vec(),
+            drops: self.drops.iter().map(Drops::hand_over).collect(),
+        })
+    }
+
+    pub fn take_over(r: CriLogRecord, fds: &mut crate::handover::Adopting) -> Result<CriLog, String> {
+        let [out, err]: [Vec<u8>; 2] = r
+            .partial
+            .try_into()
+            .map_err(|_| "a log record needs two partial lines".to_string())?;
+        let mut drops = r.drops.into_iter().map(Drops::take_over);
+        let (d_out, d_err) = (drops.next().unwrap_or_default(), drops.next().unwrap_or_default());
+        Ok(CriLog {
+            path: r.path,
+            file: File::from(fds.take(r.file)?),
+            size: r.size,
+            max_line: r.max_line,
+            max_size: r.max_size,
+            max_files: r.max_files,
+            partial: [out, err],
+            drops: [d_out, d_err],
+        })
+    }
+}

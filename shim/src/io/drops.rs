@@ -89,3 +89,37 @@ impl Drops {
         (self.unreported > 0).then(|| self.reported_at.map_or(Instant::now(), |t| t + REPORT))
     }
 }
+
+/// [`Drops`] in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DropsRecord {
+    retry_in_ms: Option<u64>,
+    total: u64,
+    unreported: u64,
+    error: String,
+    reported_ms_ago: Option<u64>,
+}
+
+impl Drops {
+    pub fn hand_over(&self) -> DropsRecord {
+        use crate::handover::{ms_ahead, ms_since};
+        DropsRecord {
+            retry_in_ms: ms_ahead(self.retry_at),
+            total: self.total,
+            unreported: self.unreported,
+            error: self.error.clone(),
+            reported_ms_ago: ms_since(self.reported_at),
+        }
+    }
+
+    pub fn take_over(r: DropsRecord) -> Drops {
+        use crate::handover::{from_ms_ahead, from_ms_since};
+        Drops {
+            retry_at: from_ms_ahead(r.retry_in_ms),
+            total: r.total,
+            unreported: r.unreported,
+            error: r.error,
+            reported_at: from_ms_since(r.reported_ms_ago),
+        }
+    }
+}

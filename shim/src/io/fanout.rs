@@ -314,3 +314,99 @@ impl Plain {
         true
     }
 }
+
+/// A [`Fanout`] in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct FanoutRecord {
+    stream: Stream,
+    src: Option<std::os::fd::RawFd>,
+    src_is_tty: bool,
+    plain: Option<PlainRecord>,
+    capture: Option<CaptureRecord>,
+    eof: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PlainRecord {
+    fd: std::os::fd::RawFd,
+    keepalive: Option<std::os::fd::RawFd>,
+    #[serde(with = "crate::handover::hex")]
+    pending: Vec<u8>,
+    drops: super::drops::DropsRecord,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CaptureRecord {
+    #[serde(with = "crate::handover::hex")]
+    bytes: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Fanout {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<FanoutRecord, String> {
+        let plain = match &self.plain {
+            Some(p) => Some(PlainRecord {
+                fd: fds.pass(&p.fd)?,
+                keepalive: fds.pass_opt(p.keepalive.as_ref())?,
+                pending: p.pending.clone(),
+                drops: p.drops.hand_over(),
+            }),
+            None => None,
+        };
+        Ok(FanoutRecord {
+            stream: self.stream,
+            src: fds.pass_opt(self.src.as_ref())?,
+            src_is_tty: self.src_is_tty,
+            plain,
+            capture: self.capture.as_ref().map(|c| CaptureRecord {
+                bytes: c.bytes.clone(),
+                limit: c.limit,
+                truncated: c.truncated,
+            }),
+            eof: self.eof,
+        })
+    }
+
+    /// The fan-out again, registered with the new loop.
+    pub fn take_over(
+        r: FanoutRecord,
+        fds: &mut crate::handover::Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<Fanout, String> {
+        let plain = match r.plain {
+            Some(p) => Some(Plain {
+                fd: fds.take(p.fd)?,
+                keepalive: fds.take_opt(p.keepalive)?,
+                token: None,
+                pending: p.pending,
+                drops: Drops::take_over(p.drops),
+            }),
+            None => None,
+        };
+        let mut fanout = Fanout {
+            stream: r.stream,
+            src: fds.take_opt(r.src)?,
+            src_token: None,
+            src_is_tty: r.src_is_tty,
+            plain,
+            capture: r.capture.map(|c| Capture {
+                bytes: c.bytes,
+                limit: c.limit,
+                truncated: c.truncated,
+            }),
+            buf: Vec::new(),
+            buf_used: None,
+            eof: r.eof,
+        };
+        // A finished fan-out's plain target is no longer watched (see close_src).
+        if fanout.is_done() {
+            if let Some(src) = &fanout.src {
+                fanout.src_token = io.watch_fd(Owner::Core, src.as_raw_fd(), Interest::READABLE).ok();
+            }
+        } else {
+            fanout.register(io);
+        }
+        Ok(fanout)
+    }
+}

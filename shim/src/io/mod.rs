@@ -27,7 +27,7 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 use tether_protocol::StdioPaths;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stream {
     Stdin,
     Stdout,
@@ -71,7 +71,7 @@ pub struct ProcessIo {
 }
 
 /// Where `close_stdin` is for one process.
-#[derive(Default, PartialEq, Eq)]
+#[derive(Default, PartialEq, Eq, Clone, Copy, serde::Serialize, serde::Deserialize)]
 enum StdinClose {
     #[default]
     Open,
@@ -181,5 +181,94 @@ impl ProcessIo {
             || self.fanouts.iter().any(|f| f.owns(token))
             || self.console.as_ref().is_some_and(|c| c.owns(token))
             || self.attach.as_ref().is_some_and(|a| a.owns(token))
+    }
+}
+
+/// A process's stdio in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ProcessIoRecord {
+    paths: StdioPaths,
+    relays: Vec<relay::RelayRecord>,
+    fanouts: Vec<fanout::FanoutRecord>,
+    log: Option<cri_log::CriLogRecord>,
+    attach: Option<attach::AttachRecord>,
+    fan_out: bool,
+    capture_limit: Option<usize>,
+    master: Option<std::os::fd::RawFd>,
+    pending_resize: Option<(u16, u16)>,
+    stdin_close: StdinClose,
+    held: bool,
+}
+
+impl ProcessIo {
+    /// Why this stdio cannot be handed over yet (a terminal's master is on its way:
+    /// the loop takes it first), if it cannot.
+    pub fn not_ready_for_hand_over(&self) -> Option<&'static str> {
+        self.console
+            .is_some()
+            .then_some("a terminal's console master has not arrived yet")
+    }
+
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<ProcessIoRecord, String> {
+        if let Some(why) = self.not_ready_for_hand_over() {
+            return Err(why.to_string());
+        }
+        Ok(ProcessIoRecord {
+            paths: self.paths.clone(),
+            relays: self
+                .relays
+                .iter()
+                .map(|r| r.hand_over(fds))
+                .collect::<Result<_, _>>()?,
+            fanouts: self
+                .fanouts
+                .iter()
+                .map(|f| f.hand_over(fds))
+                .collect::<Result<_, _>>()?,
+            log: self.log.as_ref().map(|l| l.hand_over(fds)).transpose()?,
+            attach: self.attach.as_ref().map(|a| a.hand_over(fds)).transpose()?,
+            fan_out: self.fan_out,
+            capture_limit: self.capture_limit,
+            master: fds.pass_opt(self.master.as_ref())?,
+            pending_resize: self.pending_resize,
+            stdin_close: self.stdin_close,
+            held: self.held,
+        })
+    }
+
+    pub fn take_over(
+        r: ProcessIoRecord,
+        fds: &mut crate::handover::Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<ProcessIo, String> {
+        let mut pio = ProcessIo {
+            paths: r.paths,
+            fan_out: r.fan_out,
+            capture_limit: r.capture_limit,
+            master: fds.take_opt(r.master)?,
+            pending_resize: r.pending_resize,
+            stdin_close: r.stdin_close,
+            held: r.held,
+            ..ProcessIo::default()
+        };
+        // Whatever was taken so far is released if a later part fails.
+        let rebuilt = (|| -> Result<(), String> {
+            for relay in r.relays {
+                pio.relays.push(Relay::take_over(relay, fds, io)?);
+            }
+            for fanout in r.fanouts {
+                pio.fanouts.push(Fanout::take_over(fanout, fds, io)?);
+            }
+            pio.log = r.log.map(|l| CriLog::take_over(l, fds)).transpose()?;
+            pio.attach = r.attach.map(|a| AttachHub::take_over(a, fds, io)).transpose()?;
+            Ok(())
+        })();
+        match rebuilt {
+            Ok(()) => Ok(pio),
+            Err(e) => {
+                pio.release(io);
+                Err(e)
+            }
+        }
     }
 }

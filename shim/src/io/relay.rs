@@ -321,3 +321,72 @@ impl CopyBuffer {
         Ok(n.max(1))
     }
 }
+
+/// A [`Relay`] in a hand-over record: its fds by number, what its copy buffer held.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RelayRecord {
+    stream: Stream,
+    src: Option<RawFd>,
+    dst: Option<RawFd>,
+    keepalive: Option<RawFd>,
+    #[serde(with = "crate::handover::hex")]
+    copied: Vec<u8>,
+    /// The relay copies (a PTY refused splice).
+    copying: bool,
+    src_is_tty: bool,
+    done: bool,
+    drops: super::drops::DropsRecord,
+    late_writer: Option<String>,
+    own_writer: Option<RawFd>,
+}
+
+impl Relay {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<RelayRecord, String> {
+        Ok(RelayRecord {
+            stream: self.stream,
+            src: fds.pass_opt(self.src.as_ref())?,
+            dst: fds.pass_opt(self.dst.as_ref())?,
+            keepalive: fds.pass_opt(self.keepalive.as_ref())?,
+            copied: self
+                .copy
+                .as_ref()
+                .map(|c| c.buf[c.start..c.end].to_vec())
+                .unwrap_or_default(),
+            copying: self.copy.is_some(),
+            src_is_tty: self.src_is_tty,
+            done: self.done,
+            drops: self.drops.hand_over(),
+            late_writer: self.late_writer.clone(),
+            own_writer: fds.pass_opt(self.own_writer.as_ref())?,
+        })
+    }
+
+    /// The relay again, registered with the new loop.
+    pub fn take_over(
+        r: RelayRecord,
+        fds: &mut crate::handover::Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<Relay, String> {
+        let end = r.copied.len();
+        let mut relay = Relay {
+            stream: r.stream,
+            src: fds.take_opt(r.src)?,
+            dst: fds.take_opt(r.dst)?,
+            keepalive: fds.take_opt(r.keepalive)?,
+            tokens: Vec::new(),
+            copy: r.copying.then_some(CopyBuffer {
+                buf: r.copied,
+                start: 0,
+                end,
+            }),
+            src_is_tty: r.src_is_tty,
+            done: r.done,
+            drops: Drops::take_over(r.drops),
+            sink: Vec::new(),
+            late_writer: r.late_writer,
+            own_writer: fds.take_opt(r.own_writer)?,
+        };
+        relay.register(io);
+        Ok(relay)
+    }
+}

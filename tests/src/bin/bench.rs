@@ -2,10 +2,11 @@
 //! the same busybox workloads in the same run, runs interleaved. Prints one table of
 //! medians (min–max) and ratios, and writes results.json and ratios.svg.
 //!
-//! `bench [--quick] [--memory | --scale] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
+//! `bench [--quick] [--memory | --scale | --upgrade] [--out DIR] [--baseline TETHER_SHIM] [--youki YOUKI]`
 //! (scripts/bench installs the peers and builds first). `--memory` measures idle
 //! memory, descriptors and wakeups alone; `--scale` how the costs grow with the number
-//! of containers (src/bench_scale.rs). `--baseline` adds another tether-shim binary
+//! of containers (src/bench_scale.rs); `--upgrade` upgrade in place alone
+//! (src/bench_upgrade.rs, also part of a full run). `--baseline` adds another tether-shim binary
 //! (an earlier build) as system `base`, measured in the same run, with tether/base
 //! ratios. `--youki` adds the start latency of bare youki and of tether over youki,
 //! interleaved with the others, as a row of its own.
@@ -21,8 +22,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tether_protocol::{Client, CreateParams, ExecParams};
-use tether_tests::{binary, make_rootfs, null_stdio, BundleSpec};
+use tether_protocol::{Client, CreateParams, ExecParams, UpgradeResult};
+use tether_tests::{binary, make_rootfs, null_stdio, patched_shim, BundleSpec};
 
 const SYSTEMS: [&str; 4] = ["runc", "tether", "conmon", "containerd"];
 
@@ -116,6 +117,19 @@ fn main() {
         cleanup_leftovers(&work);
         return;
     }
+    if args.iter().any(|a| a == "--upgrade") {
+        let report = json!({ "upgrade": b.upgrade_figures() });
+        fs::create_dir_all(&out).unwrap();
+        fs::write(
+            out.join("upgrade.json"),
+            serde_json::to_vec_pretty(&report).unwrap(),
+        )
+        .unwrap();
+        eprintln!("bench: wrote {}/upgrade.json", out.display());
+        drop(b);
+        cleanup_leftovers(&work);
+        return;
+    }
     if args.iter().any(|a| a == "--memory") {
         // Idle memory, descriptors and wakeups alone (a few minutes).
         let n = if quick { 5 } else { 50 };
@@ -153,16 +167,31 @@ fn main() {
     eprintln!("bench: output throughput");
     let mb = if quick { 128 } else { 1024 };
     for _ in 0..(if quick { 1 } else { 2 }) {
-        for sys in b.with_base(&["floor", "tether", "tether-log", "conmon", "containerd"]) {
+        for sys in b.with_base(&[
+            "floor",
+            "log-floor",
+            "tether",
+            "tether-log",
+            "conmon",
+            "containerd",
+        ]) {
             let (mbps, cpu) = b.throughput(sys, mb);
-            b.record("throughput_mbps", sys, mbps);
-            b.record("cpu_s_per_gb", sys, cpu);
+            if sys == "log-floor" {
+                // Rows of their own, in the floor's column.
+                b.record("log_floor_mbps", "floor", mbps);
+                b.record("log_floor_cpu_s_per_gb", "floor", cpu);
+            } else {
+                b.record("throughput_mbps", sys, mbps);
+                b.record("cpu_s_per_gb", sys, cpu);
+            }
         }
     }
     eprintln!("bench: idle memory");
     b.idle_memory(if quick { 5 } else { 50 });
     b.tether_under_containerd(runs, mb, if quick { 5 } else { 50 });
+    let upgrade = b.upgrade_figures();
     let mut report = b.report(started.elapsed());
+    report["upgrade"] = upgrade;
     report["tether_under_containerd"] = b.containerd_front_report();
     if let Some(rt) = second.take() {
         report["second_runtime"] = rt.report();
@@ -419,6 +448,9 @@ mod bench_containerd;
 // `--scale`: src/bench_scale.rs.
 #[path = "../bench_scale.rs"]
 mod bench_scale;
+// `--upgrade`: src/bench_upgrade.rs.
+#[path = "../bench_upgrade.rs"]
+mod bench_upgrade;
 use bench_containerd::{start_containerd, CtdBench};
 use tether_tests::containerd::Containerd;
 
@@ -880,6 +912,60 @@ impl Bench {
                 self.runc_delete(&id);
                 (rate(d), 0.0)
             }
+            "log-floor" => {
+                // The CRI log's floor: the container's stdout piped into a bare `dd`
+                // that copies it into a file beside the logs (the same two kernel
+                // copies, no format, no newline search); its CPU from wait4.
+                let file = self.work.join(format!("{id}.floor"));
+                let mut fds = [0; 2];
+                // SAFETY: pipe2 fills our array with two new descriptors.
+                assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+                // SAFETY: both were just made and are owned here from now on.
+                let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+                // The pipe size tether asks for.
+                // SAFETY: fcntl on our own descriptor.
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                // Reaped by wait4 below, for its rusage.
+                #[allow(clippy::zombie_processes)]
+                let dd = Command::new("dd")
+                    .arg(format!("of={}", file.display()))
+                    .args(["bs=256K", "iflag=fullblock", "status=none"])
+                    .stdin(Stdio::from(r))
+                    .spawn()
+                    .expect("spawn dd");
+                let pidfile = self.work.join(format!("{id}.pid"));
+                let created = self
+                    .runc()
+                    .args([
+                        "create",
+                        "--bundle",
+                        bundle.to_str().unwrap(),
+                        "--pid-file",
+                        pidfile.to_str().unwrap(),
+                        &id,
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(w))
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(created.success());
+                let t = Instant::now();
+                self.runc_ok(&["start", &id]);
+                let mut status = 0;
+                // SAFETY: wait4 on our own child into zeroed locals.
+                let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+                let waited = unsafe { libc::wait4(dd.id() as i32, &mut status, 0, &mut usage) };
+                let d = t.elapsed();
+                assert_eq!(waited, dd.id() as i32, "wait4 dd");
+                let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+                let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+                let copied = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                assert_eq!(copied, bytes, "dd copied {copied} of {bytes} bytes");
+                let _ = fs::remove_file(&file);
+                self.runc_delete(&id);
+                (rate(d), per_gb(cpu))
+            }
             "tether-log" => {
                 // Beside conmon's k8s-file: the output to a CRI log only, no FIFO.
                 let (mut c, state) = self.launch_shim("tether", &id, &bundle);
@@ -1270,6 +1356,12 @@ impl Bench {
                 "CPU per GB: tether/conmon",
                 m("cpu_s_per_gb", "tether") / m("cpu_s_per_gb", "conmon"),
                 0.25,
+                true,
+            ),
+            (
+                "CRI log CPU per GB: tether/two-copy floor",
+                m("cpu_s_per_gb", "tether-log") / m("log_floor_cpu_s_per_gb", "floor"),
+                1.25,
                 true,
             ),
             (

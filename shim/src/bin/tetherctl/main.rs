@@ -17,7 +17,7 @@ mod tty;
 use attach::attach;
 use exec::{exec, run_container};
 use logs::logs;
-use shims::{launch, list};
+use shims::{launch, list, upgrade};
 use tty::{watch_window_size, window_size, RawMode};
 
 const USAGE: &str = "usage: tetherctl [-s SOCKET | --id ID] [--state-root DIR] COMMAND [ARGS]
@@ -25,6 +25,7 @@ const USAGE: &str = "usage: tetherctl [-s SOCKET | --id ID] [--state-root DIR] C
 shim:
   launch --id ID --bundle DIR [tether-shim start flags]   start a shim, print its socket
   list                                                     every shim under the state root
+  upgrade [--all] [--binary PATH]                          new binary, same shim (--all: every shim under the root)
 container:
   hello | state [PROCESS] | pids
   create [--stdin P] [--stdout P] [--stderr P]             P: FIFO, file or /dev/null; absent: shim-made FIFO
@@ -136,6 +137,7 @@ fn run(args: Vec<String>) -> Result<i32, String> {
             0
         }),
         "list" => list(&g),
+        "upgrade" => upgrade(&g, &a),
         "hello" => print_call(&g, "hello", json!({})),
         "state" => print_call(&g, "state", process_param(a.first())),
         "pids" => print_call(&g, "pids", json!({})),

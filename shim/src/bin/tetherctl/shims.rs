@@ -87,3 +87,72 @@ pub(crate) fn last_seq_on_disk(dir: &Path) -> String {
         .map(|e| e.seq.to_string())
         .unwrap_or_else(|| "0".into())
 }
+
+/// `upgrade [--all] [--binary PATH]`: one shim, or every live shim under the state
+/// root one after another; a line each (`ID FROM -> TO, paused N us` or why not).
+/// Exit code 1 if any was refused.
+pub(crate) fn upgrade(g: &Global, a: &[String]) -> Result<i32, String> {
+    let mut all = false;
+    let mut binary: Option<PathBuf> = None;
+    let mut it = a.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--all" => all = true,
+            "--binary" => {
+                let path = PathBuf::from(it.next().ok_or("--binary needs a path")?);
+                binary = Some(std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+            }
+            other => return Err(format!("upgrade: unknown flag {other}")),
+        }
+    }
+    let params = match &binary {
+        Some(b) => json!({ "binary": b }),
+        None => json!({}),
+    };
+    let sockets: Vec<(String, PathBuf)> = if all {
+        let entries =
+            std::fs::read_dir(&g.state_root).map_err(|e| format!("{}: {e}", g.state_root.display()))?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("shim.sock").exists())
+            .collect();
+        dirs.sort();
+        dirs.into_iter()
+            .map(|d| {
+                (
+                    d.file_name().unwrap_or_default().to_string_lossy().to_string(),
+                    d.join("shim.sock"),
+                )
+            })
+            .collect()
+    } else {
+        let socket = g.socket()?;
+        vec![(
+            g.id.clone().unwrap_or_else(|| socket.display().to_string()),
+            socket,
+        )]
+    };
+    let started = std::time::Instant::now();
+    let (mut done, mut refused) = (0, 0);
+    for (id, socket) in sockets {
+        let answer =
+            Client::connect(&socket).and_then(|mut c| c.call::<_, UpgradeResult>("upgrade", &params));
+        match answer {
+            Ok(r) => {
+                done += 1;
+                println!("{id} {} -> {}, paused {} us", r.from, r.to, r.paused_us);
+            }
+            Err(e) => {
+                refused += 1;
+                println!("{id} not upgraded: {e}");
+            }
+        }
+    }
+    if all {
+        println!(
+            "{done} upgraded, {refused} not, in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(i32::from(refused > 0))
+}

@@ -55,6 +55,13 @@ pub struct Op {
     scratch: Vec<PathBuf>,
 }
 
+impl Op {
+    /// `runc exec`, for messages.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
 impl Core {
     /// A number for one invocation's scratch files.
     fn scratch_id(&mut self) -> u64 {

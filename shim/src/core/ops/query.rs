@@ -11,7 +11,7 @@ impl Core {
         let events = self.out.events();
         HelloResult {
             protocol: PROTOCOL_VERSION,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::handover::version(),
             shim_pid: std::process::id(),
             id: self.id.clone(),
             bundle: self.bundle.display().to_string(),

@@ -133,7 +133,8 @@ impl TaskInfo {
             // The shim's own news for JSON-RPC clients: nothing containerd knows.
             EventBody::StateDirFailing { .. }
             | EventBody::StateDirRecovered {}
-            | EventBody::OutputDropped { .. } => return None,
+            | EventBody::OutputDropped { .. }
+            | EventBody::Upgraded { .. } => return None,
             EventBody::Deleted {} => {
                 let exit = self.init_exit.as_ref();
                 let m = proto::TaskDelete {
@@ -195,5 +196,52 @@ mod tests {
         let del = proto::TaskDelete::decode(del.event.unwrap().value.as_slice()).unwrap();
         assert_eq!((del.pid, del.exit_status), (42, 137));
         assert_eq!(del.exited_at.map(|t| t.seconds), Some(1_795_871_094));
+    }
+}
+
+/// [`TaskInfo`] in a hand-over record (prost messages as their encoding).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TaskInfoRecord {
+    id: String,
+    bundle: String,
+    #[serde(with = "crate::handover::hex_list")]
+    rootfs: Vec<Vec<u8>>,
+    #[serde(with = "crate::handover::hex")]
+    io: Vec<u8>,
+    checkpoint: String,
+    init_exit: Option<ExitRecord>,
+}
+
+impl TaskInfo {
+    pub fn hand_over(&self) -> TaskInfoRecord {
+        use prost::Message;
+        TaskInfoRecord {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            rootfs: self.create.rootfs.iter().map(Message::encode_to_vec).collect(),
+            io: self.create.io.encode_to_vec(),
+            checkpoint: self.create.checkpoint.clone(),
+            init_exit: self.init_exit.clone(),
+        }
+    }
+
+    pub fn take_over(r: TaskInfoRecord) -> Result<TaskInfo, String> {
+        use prost::Message;
+        let bad = |e: prost::DecodeError| format!("the record's task info: {e}");
+        Ok(TaskInfo {
+            id: r.id,
+            bundle: r.bundle,
+            create: CreateInfo {
+                rootfs: r
+                    .rootfs
+                    .iter()
+                    .map(|m| Mount::decode(m.as_slice()))
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?,
+                io: TaskIo::decode(r.io.as_slice()).map_err(bad)?,
+                checkpoint: r.checkpoint,
+            },
+            init_exit: r.init_exit,
+        })
     }
 }

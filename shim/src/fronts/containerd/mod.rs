@@ -9,6 +9,7 @@
 //! most 8 MiB of answers queued; a closed connection releases all it held.
 
 pub(crate) mod events;
+mod handover;
 mod lifecycle;
 mod metrics;
 pub(crate) mod mounts;
@@ -17,12 +18,14 @@ pub(crate) mod proto;
 mod publisher;
 mod service;
 pub(crate) mod sha256;
+pub use handover::ContainerdRecord;
 mod stdio;
 mod ttrpc;
 
 use crate::core::{Core, Output, Ticket};
 use crate::fronts::listener::{Backlog, Listener};
-use crate::fronts::Front;
+use crate::fronts::{Front, FrontRecord};
+use crate::handover::Passing;
 use crate::registry::{Io, Owner, Readiness};
 use mio::Token;
 use prost::Message;
@@ -322,6 +325,18 @@ impl Front for Containerd {
 
     fn is_flushed(&self) -> bool {
         self.conns.values().all(|c| !c.link.has_pending())
+    }
+
+    fn can_hand_over(&self) -> bool {
+        true
+    }
+
+    fn hand_over_waits_for(&self) -> Option<String> {
+        Containerd::hand_over_waits_for(self)
+    }
+
+    fn hand_over(&self, fds: &mut Passing) -> Result<FrontRecord, String> {
+        self.record(fds).map(|r| FrontRecord::Containerd(Box::new(r)))
     }
 
     /// containerd calls Shutdown after Delete and expects an answer, and every event

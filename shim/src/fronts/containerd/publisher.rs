@@ -385,3 +385,39 @@ mod tests {
         assert!(p.queue.is_empty() && p.is_done());
     }
 }
+
+/// The publisher in a hand-over record: where it is in the event log. Its link to
+/// containerd is not carried over (the new shim dials again); what containerd has not
+/// accepted is read back from the log.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PublisherRecord {
+    address: Option<PathBuf>,
+    namespace: String,
+    acked: u64,
+    newest: u64,
+}
+
+impl Publisher {
+    /// An event containerd has not answered yet: the hand-over waits for its answer,
+    /// or containerd could get it twice.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|f| f.seq)
+    }
+
+    pub fn hand_over(&self) -> PublisherRecord {
+        PublisherRecord {
+            address: self.address.clone(),
+            namespace: self.namespace.clone(),
+            acked: self.acked,
+            newest: self.newest,
+        }
+    }
+
+    pub fn take_over(r: PublisherRecord, owner: Owner) -> Publisher {
+        let mut p = Publisher::new(r.address, r.namespace, owner);
+        p.acked = r.acked;
+        p.newest = r.newest;
+        p.spilled = r.newest > r.acked;
+        p
+    }
+}

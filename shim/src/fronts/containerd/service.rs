@@ -30,7 +30,7 @@ pub struct Asker {
 }
 
 /// What a method's answer needs once the core's answer comes.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Then {
     Create,
     Start,

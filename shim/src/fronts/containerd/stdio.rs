@@ -279,3 +279,34 @@ mod tests {
         assert_eq!(logger_args("a=1&b&c=x%2Fy"), vec!["a", "1", "b", "c", "x/y"]);
     }
 }
+
+/// A [`Logger`] in a hand-over record: the fds that tie it to the shim.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LoggerRecord {
+    ready: std::os::fd::RawFd,
+    hold: Vec<std::os::fd::RawFd>,
+}
+
+impl Logger {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<LoggerRecord, String> {
+        Ok(LoggerRecord {
+            ready: fds.pass(&self._ready)?,
+            hold: self
+                .hold
+                .iter()
+                .map(|fd| fds.pass(fd))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn take_over(r: LoggerRecord, fds: &mut crate::handover::Adopting) -> Result<Logger, String> {
+        Ok(Logger {
+            _ready: fds.take(r.ready)?,
+            hold: r
+                .hold
+                .into_iter()
+                .map(|fd| fds.take(fd))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}

@@ -283,3 +283,45 @@ mod tests {
         assert!(!link.has_pending());
     }
 }
+
+/// A [`Link`] in a hand-over record.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LinkRecord {
+    fd: std::os::fd::RawFd,
+    #[serde(with = "crate::handover::hex")]
+    input: Vec<u8>,
+    skip: usize,
+    #[serde(with = "crate::handover::hex_list")]
+    out: Vec<Vec<u8>>,
+    written: usize,
+    read_closed: bool,
+}
+
+impl Link {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<LinkRecord, String> {
+        let (out, written) = self.out.parts();
+        Ok(LinkRecord {
+            fd: fds.pass(&self.stream)?,
+            input: self.input.clone(),
+            skip: self.skip,
+            out,
+            written,
+            read_closed: self.read_closed,
+        })
+    }
+
+    /// The link again (not yet watched: the caller registers its stream).
+    pub fn take_over(r: LinkRecord, fds: &mut crate::handover::Adopting) -> Result<Link, String> {
+        let stream = std::os::unix::net::UnixStream::from(fds.take(r.fd)?);
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("task API connection: {e}"))?;
+        Ok(Link {
+            stream: UnixStream::from_std(stream),
+            input: r.input,
+            skip: r.skip,
+            out: OutQueue::from_parts(r.out, r.written),
+            read_closed: r.read_closed,
+        })
+    }
+}

@@ -100,3 +100,54 @@ impl Conn {
         let _ = self.stream.write(&bytes);
     }
 }
+
+/// A connection in a hand-over record: its socket by fd, the part of a request line
+/// read so far, what is queued for it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ConnRecord {
+    fd: std::os::fd::RawFd,
+    #[serde(with = "crate::handover::hex")]
+    input: Vec<u8>,
+    #[serde(with = "crate::handover::hex_list")]
+    out: Vec<Vec<u8>>,
+    written: usize,
+    subscribed: bool,
+    read_closed: bool,
+    paused: bool,
+    pending: usize,
+}
+
+impl Conn {
+    pub fn hand_over(&self, fds: &mut crate::handover::Passing) -> Result<ConnRecord, String> {
+        let (out, written) = self.out.parts();
+        Ok(ConnRecord {
+            fd: fds.pass(&self.stream)?,
+            input: self.input.buffered().to_vec(),
+            out,
+            written,
+            subscribed: self.subscribed,
+            read_closed: self.read_closed,
+            paused: self.paused,
+            pending: self.pending,
+        })
+    }
+
+    /// The connection again (not yet watched: the caller registers it).
+    pub fn take_over(r: ConnRecord, fds: &mut crate::handover::Adopting) -> Result<Conn, String> {
+        let stream = std::os::unix::net::UnixStream::from(fds.take(r.fd)?);
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("client connection: {e}"))?;
+        let mut input = LineBuffer::new(MAX_LINE);
+        input.extend(&r.input);
+        Ok(Conn {
+            stream: UnixStream::from_std(stream),
+            input,
+            out: OutQueue::from_parts(r.out, r.written),
+            subscribed: r.subscribed,
+            read_closed: r.read_closed,
+            paused: r.paused,
+            pending: r.pending,
+        })
+    }
+}

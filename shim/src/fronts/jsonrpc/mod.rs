@@ -13,7 +13,8 @@ mod request;
 
 use crate::core::{self, Call, CallResult, Core, Output, Reply, Ticket};
 use crate::fronts::listener::{Backlog, Listener};
-use crate::fronts::Front;
+use crate::fronts::{Front, FrontRecord, UpgradeRequest};
+use crate::handover::{Adopting, Passing};
 use crate::registry::{Io, Owner, Readiness};
 use conn::{Conn, Input, MAX_QUEUED, PAUSE_READING_AT};
 use mio::Token;
@@ -35,6 +36,24 @@ pub struct JsonRpc {
     pending: HashMap<Ticket, (Token, Option<String>)>,
     /// Connections with lines or unread input left over from their last turn.
     backlog: Backlog,
+    /// The `upgrade` under way: whom to answer (its connection, the raw id).
+    upgrade: Option<(Token, Option<String>)>,
+    /// ...and what it asked, until the loop takes it.
+    upgrade_request: Option<UpgradeRequest>,
+    /// An upgrade waits for the core: no new requests are served.
+    held: bool,
+}
+
+/// The JSON-RPC front in a hand-over record. Connections are numbered by their
+/// place in `conns`; tokens mean nothing to the new loop.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct JsonRpcRecord {
+    listener: Option<std::os::fd::RawFd>,
+    conns: Vec<conn::ConnRecord>,
+    /// Calls waiting for their answers: ticket, connection, raw id.
+    pending: Vec<(Ticket, usize, Option<String>)>,
+    /// The client that asked for the upgrade, and its raw id.
+    upgrade: Option<(usize, Option<String>)>,
 }
 
 impl JsonRpc {
@@ -48,7 +67,97 @@ impl JsonRpc {
             conns: HashMap::new(),
             pending: HashMap::new(),
             backlog: Backlog::default(),
+            upgrade: None,
+            upgrade_request: None,
+            held: false,
         })
+    }
+
+    /// The front again, in the new binary, its sockets watched by the new loop.
+    pub fn take_over(
+        r: JsonRpcRecord,
+        owner: Owner,
+        fds: &mut Adopting,
+        io: &mut Io<'_>,
+    ) -> Result<Self, String> {
+        let listener = Listener::take_over(r.listener, owner, "client", fds, io)?;
+        let mut front = JsonRpc {
+            listener,
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            backlog: Backlog::default(),
+            upgrade: None,
+            upgrade_request: None,
+            held: false,
+        };
+        let mut tokens = Vec::with_capacity(r.conns.len());
+        for c in r.conns {
+            let mut conn = Conn::take_over(c, fds)?;
+            let token = io
+                .watch(
+                    owner,
+                    &mut conn.stream,
+                    mio::Interest::READABLE | mio::Interest::WRITABLE,
+                )
+                .map_err(|e| format!("cannot watch a client connection: {e}"))?;
+            front.conns.insert(token, conn);
+            // Each gets a turn: input may have come while the shim was exec'ing.
+            front.backlog.push(token);
+            tokens.push(token);
+        }
+        for (ticket, i, id) in r.pending {
+            if let Some(token) = tokens.get(i) {
+                front.pending.insert(ticket, (*token, id));
+            }
+        }
+        front.upgrade = r.upgrade.and_then(|(i, id)| tokens.get(i).map(|t| (*t, id)));
+        Ok(front)
+    }
+
+    /// The new binary has taken over: the client that asked is answered.
+    fn answer_upgrade(&mut self, result: UpgradeResult, core: &mut Core, io: &mut Io<'_>) {
+        let Some((token, id)) = self.upgrade.take() else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&token) {
+            conn.pending = conn.pending.saturating_sub(1);
+        }
+        self.send_result(token, id.as_deref(), Ok(core::Answer::Upgraded(result)), core, io);
+        self.flush(token, core, io);
+    }
+
+    /// `upgrade`: one at a time; the loop carries it out (see `crate::handover`).
+    fn ask_upgrade(
+        &mut self,
+        token: Token,
+        id: Option<&str>,
+        p: Option<&serde_json::value::RawValue>,
+        core: &mut Core,
+        io: &mut Io<'_>,
+    ) {
+        let p: UpgradeParams = match request::params("upgrade", p) {
+            Ok(p) => p,
+            Err(e) => return self.send_error(token, Some(id.unwrap_or("null")), e, core, io),
+        };
+        if self.upgrade.is_some() {
+            let e = RpcError::new(ErrorKind::WrongState, "an upgrade is already under way");
+            return self.send_error(token, Some(id.unwrap_or("null")), e, core, io);
+        }
+        if let Some(binary) = p.binary.as_deref().filter(|b| !b.starts_with('/')) {
+            let e = RpcError::new(
+                ErrorKind::InvalidParams,
+                format!("binary {binary:?} is not an absolute path"),
+            );
+            return self.send_error(token, Some(id.unwrap_or("null")), e, core, io);
+        }
+        self.upgrade = Some((token, id.map(str::to_string)));
+        self.held = true;
+        self.upgrade_request = Some(UpgradeRequest {
+            binary: p.binary.map(Into::into),
+        });
+        if let Some(conn) = self.conns.get_mut(&token) {
+            conn.pending += 1;
+        }
     }
 
     #[inline(never)] // keeps its locals out of the idle loop's frame
@@ -61,7 +170,16 @@ impl JsonRpc {
 
     /// Serves a connection's input, at most LINES_PER_TURN lines, then writes.
     fn serve(&mut self, token: Token, core: &mut Core, io: &mut Io<'_>) {
+        if self.held {
+            // Served when the upgrade is done or refused.
+            self.backlog.push(token);
+            return self.flush(token, core, io);
+        }
         for _ in 0..LINES_PER_TURN {
+            if self.held {
+                // An `upgrade` came: what follows it waits.
+                break;
+            }
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
             };
@@ -110,6 +228,10 @@ impl JsonRpc {
             conn.say_goodbye(reason);
         }
         io.unwatch(&mut conn.stream, token);
+        if self.upgrade.as_ref().is_some_and(|(t, _)| *t == token) {
+            // The upgrade goes on; nobody is left to answer.
+            self.upgrade = Some((Token(usize::MAX), None));
+        }
         if conn.pending > 0 {
             // Everything kept only to answer this client goes.
             self.pending.retain(|ticket, (t, _)| {
@@ -165,6 +287,9 @@ impl JsonRpc {
         let id = req.id.as_deref();
         if req.method == "subscribe" {
             return self.subscribe(token, id, req.params, core, io);
+        }
+        if req.method == "upgrade" {
+            return self.ask_upgrade(token, id, req.params, core, io);
         }
         let call = match request::call(&req.method, req.params) {
             Ok(call) => call,
@@ -284,7 +409,68 @@ impl Front for JsonRpc {
         }
     }
 
+    fn can_hand_over(&self) -> bool {
+        true
+    }
+
+    fn upgrade_done(&mut self, result: UpgradeResult, core: &mut Core, io: &mut Io<'_>) {
+        self.answer_upgrade(result, core, io);
+    }
+
+    fn take_upgrade_request(&mut self) -> Option<UpgradeRequest> {
+        self.upgrade_request.take()
+    }
+
+    fn upgrade_refused(&mut self, why: &str, core: &mut Core, io: &mut Io<'_>) {
+        let Some((token, id)) = self.upgrade.take() else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&token) {
+            conn.pending = conn.pending.saturating_sub(1);
+        }
+        let e = RpcError::new(ErrorKind::UpgradeRefused, why);
+        if let Some(id) = id {
+            self.send_error(token, Some(&id), e, core, io);
+            self.flush(token, core, io);
+        }
+    }
+
+    fn hold(&mut self, on: bool) {
+        self.held = on;
+        if !on {
+            for token in self.conns.keys() {
+                self.backlog.push(*token);
+            }
+        }
+    }
+
+    fn hand_over(&self, fds: &mut Passing) -> Result<FrontRecord, String> {
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        let index = |t: &Token| tokens.iter().position(|x| x == t);
+        let conns = tokens
+            .iter()
+            .filter_map(|t| self.conns.get(t))
+            .map(|c| c.hand_over(fds))
+            .collect::<Result<_, _>>()?;
+        Ok(FrontRecord::JsonRpc(JsonRpcRecord {
+            listener: self.listener.hand_over(fds)?,
+            conns,
+            pending: self
+                .pending
+                .iter()
+                .filter_map(|(ticket, (t, id))| Some((*ticket, index(t)?, id.clone())))
+                .collect(),
+            upgrade: self
+                .upgrade
+                .as_ref()
+                .and_then(|(t, id)| Some((index(t)?, id.clone()))),
+        }))
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
+        if self.held {
+            return None;
+        }
         if !self.backlog.is_empty() {
             return Some(Instant::now());
         }
