@@ -54,7 +54,7 @@ pub fn main() -> i32 {
         return 0;
     }
     // Before anything is taken from the environment: the fds survive the exec.
-    launch::reexec_with_malloc_tunables();
+    crate::memory::reexec_with_malloc_tunables();
     let sync = inherited_pipe("_OCI_SYNCPIPE");
     let key = files::sync_key(a.api_version, a.exec);
     match run(a, sync.as_ref()) {

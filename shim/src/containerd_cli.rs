@@ -109,7 +109,7 @@ pub fn main() -> i32 {
             println!("{}", crate::handover::versions_line(NAME));
             return 0;
         }
-        Some("take-over") => return crate::upgrade::take_over_main(&args[1..], NAME),
+        Some("take-over") => return crate::launch::take_over_main(&args[1..], NAME),
         _ => {}
     }
     let f = parse(&args);
@@ -270,7 +270,7 @@ fn bundle(f: &Flags) -> Result<PathBuf, String> {
 
 fn start(f: &Flags) -> Result<(), String> {
     checked(f)?;
-    launch::reexec_with_malloc_tunables();
+    crate::memory::reexec_with_malloc_tunables();
     let input = read_stdin(f)?;
     let bundle = bundle(f)?;
     let socket = socket_path(f, input.socket_dir.as_deref());

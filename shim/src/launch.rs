@@ -10,67 +10,8 @@ use crate::fronts::jsonrpc::JsonRpc;
 use crate::reactor::Reactor;
 use crate::state_dir::{self, LaunchOptions, StateDir};
 use std::fs::{self, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-
-/// glibc's per-thread cache keeps freed chunks "in use", so malloc_trim cannot give
-/// them back: off for the shim, whose idle memory is what a node pays per container.
-const MALLOC_TUNABLES: &str = "glibc.malloc.tcache_count=0";
-/// The caller's own GLIBC_TUNABLES, restored for the runtime the shim runs.
-const SAVED_TUNABLES: &str = "TETHER_SAVED_GLIBC_TUNABLES";
-
-/// glibc reads its tunables when a process starts, and the shim is a fork of the
-/// launcher: so the launcher execs itself once more with them set. (Forking rather
-/// than exec'ing the shim keeps it lean: a forked child maps only the file pages it
-/// touches.) Returns only if the tunables are already set or the exec failed.
-pub fn reexec_with_malloc_tunables() {
-    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if current.split(':').any(|t| t == MALLOC_TUNABLES) {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let tunables = if current.is_empty() {
-        MALLOC_TUNABLES.to_string()
-    } else {
-        format!("{current}:{MALLOC_TUNABLES}")
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("GLIBC_TUNABLES", tunables)
-        .env(SAVED_TUNABLES, current)
-        .exec();
-    // Not fatal: the shim runs, with a little more idle memory.
-    eprintln!("tether-shim: re-exec for malloc tunables failed ({err}); going on without");
-}
-
-/// The runtime and everything else the shim runs get the caller's tunables back.
-pub fn restore_caller_tunables() {
-    match std::env::var(SAVED_TUNABLES) {
-        Ok(saved) if !saved.is_empty() => std::env::set_var("GLIBC_TUNABLES", saved),
-        _ => std::env::remove_var("GLIBC_TUNABLES"),
-    }
-    std::env::remove_var(SAVED_TUNABLES);
-}
-
-/// The shim is about to exec a new binary of itself (upgrade in place): it starts
-/// with the shim's malloc tunables, and the caller's saved for
-/// [`restore_caller_tunables`]. Returns what to put back if the exec fails.
-pub fn tunables_for_exec() -> Option<String> {
-    let current = std::env::var("GLIBC_TUNABLES").ok();
-    std::env::set_var(SAVED_TUNABLES, current.clone().unwrap_or_default());
-    std::env::set_var("GLIBC_TUNABLES", MALLOC_TUNABLES);
-    current
-}
-
-/// The exec failed: the environment as it was.
-pub fn tunables_after_failed_exec(saved: Option<String>) {
-    match saved {
-        Some(v) => std::env::set_var("GLIBC_TUNABLES", v),
-        None => std::env::remove_var("GLIBC_TUNABLES"),
-    }
-    std::env::remove_var(SAVED_TUNABLES);
-}
 
 /// A front added beside the JSON-RPC one, made in the launcher once the shim's loop
 /// exists (before the fork): the containerd front binds its socket here.
@@ -221,7 +162,7 @@ fn become_shim(
     for signal in [nix::sys::signal::SIGPIPE, nix::sys::signal::SIGHUP] {
         crate::sys::ignore_signal(signal).map_err(|e| format!("ignoring {signal}: {e}"))?;
     }
-    restore_caller_tunables();
+    crate::memory::restore_caller_tunables();
     let socket = dir.socket();
     if socket != dir.socket_link() {
         // The state dir's path is too long for a socket: it lives in the short dir,
@@ -272,5 +213,68 @@ fn close_inherited_fds() {
         // Nothing in the launcher owns these descriptors yet (the read_dir handle
         // above is already closed; closing it twice would only fail).
         let _ = nix::unistd::close(fd);
+    }
+}
+
+/// `tether-shim take-over --record-fd N`: the new binary's start. Returns the exit
+/// code when its loop ends (or at once, if the record cannot be taken over: the
+/// containers run on, and `cleanup` reads the state dir as after any shim's death).
+pub fn take_over_main(args: &[String], kind: &'static str) -> i32 {
+    let fd = match args {
+        [flag, n] if flag == "--record-fd" => n.parse::<RawFd>().ok(),
+        _ => None,
+    };
+    let Some(fd) = fd else {
+        eprintln!("{kind} take-over: usage: {kind} take-over --record-fd N (run by a shim's `upgrade`, not by hand)");
+        return 2;
+    };
+    let record: crate::upgrade::ShimRecord = match crate::handover::read_record(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::log!("take-over failed: {e}");
+            eprintln!("{kind} take-over: {e}");
+            return 1;
+        }
+    };
+    match take_over(record, kind) {
+        Ok(code) => code,
+        Err(e) => {
+            crate::log!(
+                "take-over failed: {e}; the containers run on, `tether-shim cleanup` reads the state dir"
+            );
+            1
+        }
+    }
+}
+
+fn take_over(record: crate::upgrade::ShimRecord, kind: &'static str) -> Result<i32, String> {
+    use std::fs::OpenOptions;
+    let dir = crate::state_dir::StateDir::new(record.core.dir());
+    if let Ok(log) = OpenOptions::new().create(true).append(true).open(dir.log()) {
+        crate::log::to_file(log);
+    }
+    crate::memory::restore_caller_tunables();
+    if !crate::handover::accepted_versions().contains(&record.version) {
+        return Err(format!(
+            "the record is hand-over version {}, this binary takes {:?}",
+            record.version,
+            crate::handover::accepted_versions()
+        ));
+    }
+    // Kept across exec, but cheap to be sure of: orphans of the container come here.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        crate::log!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    let mut fds = crate::handover::Adopting::new(&record.fds);
+    let paused_us = crate::upgrade::now_ns().saturating_sub(record.handed_at_ns) / 1000;
+    let server = Reactor::take_over(record, &mut fds, paused_us, kind)
+        .map_err(|e| format!("rebuilding the loop: {e}"))?;
+    fds.finish();
+    match server.run() {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            crate::log!("event loop failed: {e}");
+            Ok(1)
+        }
     }
 }

@@ -83,10 +83,10 @@ fn main() {
             );
             0
         }
-        Some("take-over") => tether_shim::upgrade::take_over_main(&args[1..], tether_shim::upgrade::KIND),
+        Some("take-over") => tether_shim::launch::take_over_main(&args[1..], tether_shim::upgrade::KIND),
         Some("start") => match start_options(&args[1..]) {
             Ok(opts) => {
-                launch::reexec_with_malloc_tunables();
+                tether_shim::memory::reexec_with_malloc_tunables();
                 launch::start(opts)
             }
             Err(e) => fail(&e),

@@ -2,11 +2,12 @@
 //! a front took is checked, waits while the core has a runtime call in flight (new
 //! requests wait with it, unread), then the shim's record is written and the new
 //! binary exec'd. The new binary starts in [`take_over_main`], rebuilds the loop from
-//! the record, answers the `upgrade` and publishes `upgraded`.
+//! the record (`launch::take_over_main`), answers the `upgrade` and publishes
+//! `upgraded`.
 
 use crate::core::{Core, CoreRecord};
 use crate::fronts::{Front, FrontRecord, UpgradeRequest};
-use crate::handover::{self, Adopting, Passing};
+use crate::handover::{self, Passing};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -44,7 +45,8 @@ pub struct ShimRecord {
     pub fronts: Vec<FrontRecord>,
 }
 
-fn now_ns() -> u64 {
+/// Now, in ns since the epoch: how the pause is measured across the exec.
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -128,82 +130,13 @@ fn exec_new_binary(
         record.to,
         record.fds.len()
     );
-    let saved = crate::launch::tunables_for_exec();
+    let saved = crate::memory::tunables_for_exec();
     let e = nix::unistd::execv(&path, &argv).err();
-    crate::launch::tunables_after_failed_exec(saved);
+    crate::memory::tunables_after_failed_exec(saved);
     drop(memfd);
     Err(format!(
         "cannot exec {}: {}",
         up.binary.display(),
         e.map_or("unknown error".to_string(), |e| e.to_string())
     ))
-}
-
-/// `tether-shim take-over --record-fd N`: the new binary's start. Returns the exit
-/// code when its loop ends (or at once, if the record cannot be taken over: the
-/// containers run on, and `cleanup` reads the state dir as after any shim's death).
-pub fn take_over_main(args: &[String], kind: &'static str) -> i32 {
-    let fd = match args {
-        [flag, n] if flag == "--record-fd" => n.parse::<RawFd>().ok(),
-        _ => None,
-    };
-    let Some(fd) = fd else {
-        eprintln!("{kind} take-over: usage: {kind} take-over --record-fd N (run by a shim's `upgrade`, not by hand)");
-        return 2;
-    };
-    let record: ShimRecord = match handover::read_record(fd) {
-        Ok(r) => r,
-        Err(e) => {
-            crate::log!("take-over failed: {e}");
-            eprintln!("{kind} take-over: {e}");
-            return 1;
-        }
-    };
-    match take_over(record, kind) {
-        Ok(code) => code,
-        Err(e) => {
-            crate::log!(
-                "take-over failed: {e}; the containers run on, `tether-shim cleanup` reads the state dir"
-            );
-            1
-        }
-    }
-}
-
-fn take_over(record: ShimRecord, kind: &'static str) -> Result<i32, String> {
-    use std::fs::OpenOptions;
-    let dir = crate::state_dir::StateDir::new(record.core_dir());
-    if let Ok(log) = OpenOptions::new().create(true).append(true).open(dir.log()) {
-        crate::log::to_file(log);
-    }
-    crate::launch::restore_caller_tunables();
-    if !handover::accepted_versions().contains(&record.version) {
-        return Err(format!(
-            "the record is hand-over version {}, this binary takes {:?}",
-            record.version,
-            handover::accepted_versions()
-        ));
-    }
-    // Kept across exec, but cheap to be sure of: orphans of the container come here.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        crate::log!("PR_SET_CHILD_SUBREAPER: {e}");
-    }
-    let mut fds = Adopting::new(&record.fds);
-    let paused_us = now_ns().saturating_sub(record.handed_at_ns) / 1000;
-    let server = crate::reactor::Reactor::take_over(record, &mut fds, paused_us, kind)
-        .map_err(|e| format!("rebuilding the loop: {e}"))?;
-    fds.finish();
-    match server.run() {
-        Ok(()) => Ok(0),
-        Err(e) => {
-            crate::log!("event loop failed: {e}");
-            Ok(1)
-        }
-    }
-}
-
-impl ShimRecord {
-    fn core_dir(&self) -> PathBuf {
-        self.core.dir()
-    }
 }

@@ -544,6 +544,28 @@ impl Bench {
         );
     }
 
+    /// Bare `runc create` whose container writes its stdout to `stdout` (the floors:
+    /// no monitor in the path).
+    fn runc_create_with_stdout(&self, id: &str, bundle: &Path, stdout: Stdio) {
+        let pidfile = self.work.join(format!("{id}.pid"));
+        let created = self
+            .runc()
+            .args([
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pidfile.to_str().unwrap(),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "runc create {id}");
+    }
+
     fn runc_delete(&self, id: &str) {
         let _ = self.runc().args(["delete", "--force", id]).output();
     }
@@ -887,23 +909,7 @@ impl Bench {
                 // The same FIFO size tether asks for, so the floor is a fair one.
                 // SAFETY: fcntl on our own descriptor.
                 unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-                let pidfile = self.work.join(format!("{id}.pid"));
-                let out = self
-                    .runc()
-                    .args([
-                        "create",
-                        "--bundle",
-                        bundle.to_str().unwrap(),
-                        "--pid-file",
-                        pidfile.to_str().unwrap(),
-                        &id,
-                    ])
-                    .stdin(Stdio::null())
-                    .stdout(writer)
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap();
-                assert!(out.success());
+                self.runc_create_with_stdout(&id, &bundle, Stdio::from(writer));
                 let t = Instant::now();
                 self.runc_ok(&["start", &id]);
                 let got = drain(reader);
@@ -933,23 +939,7 @@ impl Bench {
                     .stdin(Stdio::from(r))
                     .spawn()
                     .expect("spawn dd");
-                let pidfile = self.work.join(format!("{id}.pid"));
-                let created = self
-                    .runc()
-                    .args([
-                        "create",
-                        "--bundle",
-                        bundle.to_str().unwrap(),
-                        "--pid-file",
-                        pidfile.to_str().unwrap(),
-                        &id,
-                    ])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::from(w))
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap();
-                assert!(created.success());
+                self.runc_create_with_stdout(&id, &bundle, Stdio::from(w));
                 let t = Instant::now();
                 self.runc_ok(&["start", &id]);
                 let mut status = 0;

@@ -116,14 +116,21 @@ impl JsonRpc {
 
     /// The new binary has taken over: the client that asked is answered.
     fn answer_upgrade(&mut self, result: UpgradeResult, core: &mut Core, io: &mut Io<'_>) {
-        let Some((token, id)) = self.upgrade.take() else {
+        let Some((token, id)) = self.take_upgrade_asker() else {
             return;
         };
+        self.send_result(token, id.as_deref(), Ok(core::Answer::Upgraded(result)), core, io);
+        self.flush(token, core, io);
+    }
+
+    /// The client that asked for the upgrade, now to be answered (its call no longer
+    /// pending).
+    fn take_upgrade_asker(&mut self) -> Option<(Token, Option<String>)> {
+        let (token, id) = self.upgrade.take()?;
         if let Some(conn) = self.conns.get_mut(&token) {
             conn.pending = conn.pending.saturating_sub(1);
         }
-        self.send_result(token, id.as_deref(), Ok(core::Answer::Upgraded(result)), core, io);
-        self.flush(token, core, io);
+        Some((token, id))
     }
 
     /// `upgrade`: one at a time; the loop carries it out (see `crate::handover`).
@@ -422,12 +429,9 @@ impl Front for JsonRpc {
     }
 
     fn upgrade_refused(&mut self, why: &str, core: &mut Core, io: &mut Io<'_>) {
-        let Some((token, id)) = self.upgrade.take() else {
+        let Some((token, id)) = self.take_upgrade_asker() else {
             return;
         };
-        if let Some(conn) = self.conns.get_mut(&token) {
-            conn.pending = conn.pending.saturating_sub(1);
-        }
         let e = RpcError::new(ErrorKind::UpgradeRefused, why);
         if let Some(id) = id {
             self.send_error(token, Some(&id), e, core, io);
