@@ -46,9 +46,15 @@ pub fn failure_message_with(what: &str, log: &Path, printed: Option<&str>, how: 
             Err(_) => last_line = Some(line.to_string()),
         }
     }
+    // Its first line, and an anyhow "Caused by:" list after it (youki's form when it
+    // fails before its logger is up): the cause is what the client needs.
     let printed = printed.and_then(|t| {
         let first = t.lines().map(str::trim).find(|l| !l.is_empty())?;
-        Some(strip_prefix_ci(first, "error:").trim_start().to_string())
+        let first = strip_prefix_ci(first, "error:").trim_start();
+        Some(match t.split_once("\n\nCaused by:") {
+            Some((_, causes)) => format!("{first}\n\nCaused by:{causes}"),
+            None => first.to_string(),
+        })
     });
     match last_error.or(printed).or(last_line).map(|m| tidy(&m)) {
         Some(msg) if msg.starts_with(what) => msg,
@@ -222,6 +228,17 @@ mod tests {
         assert_eq!(
             failure_message("runc ps", &log, Some(&err), "exited with status 1"),
             "runc ps failed: container does not exist"
+        );
+        // youki failing before its logger is up: anyhow's form on stderr, cause kept.
+        fs::write(&log, "").unwrap();
+        fs::write(
+            &err,
+            "Error: failed to seal /proc/self/exe\n\nCaused by:\n    Text file busy (os error 26)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            failure_message("youki exec", &log, Some(&err), "exited with status 1"),
+            "youki exec failed: failed to seal /proc/self/exe: Text file busy (os error 26)"
         );
         // Nothing anywhere.
         fs::write(&log, "").unwrap();
