@@ -261,6 +261,13 @@ impl Adopting {
         Ok(owned)
     }
 
+    /// A connected socket the record names, non-blocking, for the new loop to watch.
+    pub fn take_stream(&mut self, fd: RawFd, what: &str) -> Result<mio::net::UnixStream, String> {
+        let stream = std::os::unix::net::UnixStream::from(self.take(fd)?);
+        stream.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
+        Ok(mio::net::UnixStream::from_std(stream))
+    }
+
     pub fn take_opt(&mut self, fd: Option<RawFd>) -> Result<Option<OwnedFd>, String> {
         fd.map(|fd| self.take(fd)).transpose()
     }

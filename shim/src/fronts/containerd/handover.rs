@@ -41,8 +41,7 @@ struct ServiceRecord {
     mounted: bool,
     loggers: Vec<LoggerRecord>,
     pending_execs: Vec<PendingExecRecord>,
-    /// exec id, its TaskIo encoded.
-    exec_io: Vec<(String, String)>,
+    exec_io: Vec<ExecIoRecord>,
     shutdown: bool,
 }
 
@@ -50,29 +49,23 @@ struct ServiceRecord {
 struct PendingExecRecord {
     id: String,
     spec: serde_json::Value,
-    /// The TaskIo, encoded, as hex.
-    io: String,
+    /// The TaskIo, encoded.
+    #[serde(with = "crate::handover::hex")]
+    io: Vec<u8>,
     /// Parked Waits: connection, ttrpc stream.
     waits: Vec<(usize, u32)>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// An exec's stdio as containerd gave it (for State), encoded.
+#[derive(Serialize, Deserialize)]
+struct ExecIoRecord {
+    id: String,
+    #[serde(with = "crate::handover::hex")]
+    io: Vec<u8>,
 }
 
-fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "bad hex in the record".to_string())
-        })
-        .collect()
-}
-
-fn task_io(text: &str) -> Result<TaskIo, String> {
-    TaskIo::decode(unhex(text)?.as_slice()).map_err(|e| format!("the record's exec stdio: {e}"))
+fn task_io(bytes: &[u8]) -> Result<TaskIo, String> {
+    TaskIo::decode(bytes).map_err(|e| format!("the record's exec stdio: {e}"))
 }
 
 impl Containerd {
@@ -99,7 +92,7 @@ impl Containerd {
             pending_execs.push(PendingExecRecord {
                 id: id.clone(),
                 spec: p.spec.clone(),
-                io: hex(&p.io.encode_to_vec()),
+                io: p.io.encode_to_vec(),
                 waits: p
                     .waits
                     .iter()
@@ -132,7 +125,10 @@ impl Containerd {
                 exec_io: s
                     .exec_io
                     .iter()
-                    .map(|(id, io)| (id.clone(), hex(&io.encode_to_vec())))
+                    .map(|(id, io)| ExecIoRecord {
+                        id: id.clone(),
+                        io: io.encode_to_vec(),
+                    })
                     .collect(),
                 shutdown: s.shutdown,
             },
@@ -194,8 +190,8 @@ impl Containerd {
                 },
             );
         }
-        for (id, io) in s.exec_io {
-            service.exec_io.insert(id, task_io(&io)?);
+        for e in s.exec_io {
+            service.exec_io.insert(e.id, task_io(&e.io)?);
         }
         service.shutdown = s.shutdown;
         Ok(Containerd {

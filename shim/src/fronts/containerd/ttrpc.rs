@@ -312,12 +312,9 @@ impl Link {
 
     /// The link again (not yet watched: the caller registers its stream).
     pub fn take_over(r: LinkRecord, fds: &mut crate::handover::Adopting) -> Result<Link, String> {
-        let stream = std::os::unix::net::UnixStream::from(fds.take(r.fd)?);
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("task API connection: {e}"))?;
+        let stream = fds.take_stream(r.fd, "task API connection")?;
         Ok(Link {
-            stream: UnixStream::from_std(stream),
+            stream,
             input: r.input,
             skip: r.skip,
             out: OutQueue::from_parts(r.out, r.written),

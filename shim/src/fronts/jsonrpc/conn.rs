@@ -134,14 +134,11 @@ impl Conn {
 
     /// The connection again (not yet watched: the caller registers it).
     pub fn take_over(r: ConnRecord, fds: &mut crate::handover::Adopting) -> Result<Conn, String> {
-        let stream = std::os::unix::net::UnixStream::from(fds.take(r.fd)?);
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("client connection: {e}"))?;
+        let stream = fds.take_stream(r.fd, "client connection")?;
         let mut input = LineBuffer::new(MAX_LINE);
         input.extend(&r.input);
         Ok(Conn {
-            stream: UnixStream::from_std(stream),
+            stream,
             input,
             out: OutQueue::from_parts(r.out, r.written),
             subscribed: r.subscribed,
