@@ -219,6 +219,8 @@ fn close_inherited_fds() {
 /// `tether-shim take-over --record-fd N`: the new binary's start. Returns the exit
 /// code when its loop ends (or at once, if the record cannot be taken over: the
 /// containers run on, and `cleanup` reads the state dir as after any shim's death).
+/// Never inlined into `main`, whose frame a launched shim keeps for its whole life.
+#[inline(never)]
 pub fn take_over_main(args: &[String], kind: &'static str) -> i32 {
     let fd = match args {
         [flag, n] if flag == "--record-fd" => n.parse::<RawFd>().ok(),

@@ -84,30 +84,42 @@ fn main() {
             0
         }
         Some("take-over") => tether_shim::launch::take_over_main(&args[1..], tether_shim::upgrade::KIND),
-        Some("start") => match start_options(&args[1..]) {
-            Ok(opts) => {
-                tether_shim::memory::reexec_with_malloc_tunables();
-                launch::start(opts)
-            }
-            Err(e) => fail(&e),
-        },
-        Some("cleanup") => match parse(&args[1..]).and_then(|a| {
-            let id = a.id.clone().ok_or("--id is required")?;
-            state_dir::validate_id("container id", &id)?;
-            cleanup::cleanup(state_dir(&a, &id))
-        }) {
-            Ok(record) => {
-                println!("{}", serde_json::to_string(&record).unwrap_or_default());
-                0
-            }
-            Err(e) => {
-                eprintln!("tether-shim cleanup: {e}");
-                1
-            }
-        },
+        Some("start") => start_main(&args[1..]),
+        Some("cleanup") => cleanup_main(&args[1..]),
         _ => fail("a command is required"),
     };
     std::process::exit(code);
+}
+
+/// The subcommands run in frames of their own: `main`'s frame stays under a launched
+/// shim's loop for its whole life, and every page of it is resident.
+#[inline(never)]
+fn start_main(args: &[String]) -> i32 {
+    match start_options(args) {
+        Ok(opts) => {
+            tether_shim::memory::reexec_with_malloc_tunables();
+            launch::start(opts)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+#[inline(never)]
+fn cleanup_main(args: &[String]) -> i32 {
+    match parse(args).and_then(|a| {
+        let id = a.id.clone().ok_or("--id is required")?;
+        state_dir::validate_id("container id", &id)?;
+        cleanup::cleanup(state_dir(&a, &id))
+    }) {
+        Ok(record) => {
+            println!("{}", serde_json::to_string(&record).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("tether-shim cleanup: {e}");
+            1
+        }
+    }
 }
 
 fn fail(msg: &str) -> i32 {

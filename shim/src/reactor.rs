@@ -256,7 +256,9 @@ impl Reactor {
 
 /// Takes an `upgrade` a front asked for, and carries out the one under way: it waits
 /// while the core has a runtime call in flight (up to WAIT_LIMIT), then the shim
-/// execs the new binary; whatever stops it is the asking client's answer.
+/// execs the new binary; whatever stops it is the asking client's answer. Never
+/// inlined: the hand-over's frame would sit in the idle loop's for the shim's life.
+#[inline(never)]
 fn step_upgrade(
     upgrade: &mut Option<Upgrade>,
     kind: &'static str,
@@ -299,6 +301,7 @@ fn step_upgrade(
     refuse_upgrade(k, &why, core, fronts, io);
 }
 
+#[inline(never)]
 fn refuse_upgrade(k: usize, why: &str, core: &mut Core, fronts: &mut [Box<dyn Front>], io: &mut Io<'_>) {
     crate::log!("upgrade refused: {why}; running on unchanged");
     if let Some(front) = fronts.get_mut(k) {
@@ -311,6 +314,7 @@ fn refuse_upgrade(k: usize, why: &str, core: &mut Core, fronts: &mut [Box<dyn Fr
 
 /// A signal other than SIGCHLD: the first front that takes it has it; SIGTERM
 /// no front takes is ignored (the container outlives its shim's signals).
+#[inline(never)]
 fn offer_signal(fronts: &mut [Box<dyn Front>], core: &mut Core, signal: i32, io: &mut Io<'_>) {
     for front in fronts.iter_mut() {
         if front.on_signal(signal, core, io) {

@@ -54,6 +54,8 @@ pub fn now_ns() -> u64 {
 
 /// Checks what an upgrade needs before it waits for anything: every front and the
 /// core can be handed over, and the binary takes over from this one.
+#[cold]
+#[inline(never)]
 pub fn begin(
     front: usize,
     req: UpgradeRequest,
@@ -82,6 +84,8 @@ pub fn begin(
 
 /// Hands the shim over to the new binary. Returns only if that did not happen, with
 /// why; every fd closes on exec again then, and the shim runs on as it was.
+#[cold]
+#[inline(never)]
 pub fn hand_over(up: &Upgrade, core: &Core, fronts: &[Box<dyn Front>]) -> String {
     let mut fds = Passing::default();
     let why = match exec_new_binary(up, core, fronts, &mut fds) {

@@ -1130,7 +1130,10 @@ impl Bench {
     /// All `pids` idle together: per-container cost at scale, and how often an idle
     /// monitor wakes up (every thread's switches onto a CPU, over WAKE_WINDOW).
     fn memory_figures(&mut self, sys: &str, pids: &[i32]) {
-        std::thread::sleep(Duration::from_millis(500)); // idle
+        // Idle: past tether's one-shot timers after a stream's last bytes (its read
+        // buffers go back 1 s after it goes quiet), so the last monitors started
+        // have nothing in flight either.
+        std::thread::sleep(Duration::from_millis(2500));
         let window = if self.quick {
             QUICK_WAKE_WINDOW
         } else {
