@@ -105,13 +105,8 @@ fn inherited_start_pipe() -> Option<OwnedFd> {
 fn inherited_pipe(var: &str) -> Option<OwnedFd> {
     let fd: RawFd = std::env::var(var).ok()?.trim().parse().ok()?;
     let owned = crate::sys::own_inherited_fd(fd)?;
-    set_cloexec(&owned);
+    crate::sys::set_cloexec(&owned);
     Some(owned)
-}
-
-fn set_cloexec(fd: &OwnedFd) {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
 /// Takes the command line by value: what the monitor needs is moved out of it, and
@@ -184,7 +179,8 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<i32, String> {
     };
     // (The sync pipe's dup is made after: it must not be taken for an inherited fd.)
     let pipes = [&start, &attach_pipe].map(|p| p.as_ref().map(|fd| fd.as_raw_fd()));
-    let held = hold_inherited_fds(&[sync.map(|s| s.as_raw_fd()), pipes[0], pipes[1]]);
+    let preserved = preserved_fds(&a.runtime_opts)?;
+    let held = hold_inherited_fds(&[sync.map(|s| s.as_raw_fd()), pipes[0], pipes[1]], preserved);
     let sync_dup = match sync {
         Some(fd) => Some(fd.try_clone().map_err(|e| format!("dup of the sync pipe: {e}"))?),
         None => None,
@@ -245,6 +241,7 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<i32, String> {
             .timeout
             .filter(|t| *t > 0)
             .map(|t| std::time::Duration::from_secs(t as u64)),
+        restore: a.restore.as_ref().map(|p| absolute(&cwd, p)),
     };
     let opts = LaunchOptions {
         id: cid,
@@ -255,6 +252,8 @@ fn run(mut a: Args, sync: Option<&OwnedFd>) -> Result<i32, String> {
             root: None,
             systemd_cgroup: a.systemd_cgroup,
             extra_args: std::mem::take(&mut a.runtime_args),
+            create_args: create_flags(&a),
+            exec_args: a.runtime_opts.clone(),
         },
     };
     let exec_session = settings.exec.is_some();
@@ -330,12 +329,9 @@ fn wait_for_monitor(dir: &StateDir) -> i32 {
 /// half done.
 fn unsupported(a: &Args) -> Result<(), String> {
     let refused = [
-        (a.restore.is_some(), "--restore"),
         (a.sdnotify_socket.is_some(), "--sdnotify-socket"),
         (a.seccomp_notify_socket.is_some(), "--seccomp-notify-socket"),
-        (!a.runtime_opts.is_empty(), "--runtime-opt (--preserve-fds)"),
-        (a.no_pivot, "--no-pivot"),
-        (a.no_new_keyring, "--no-new-keyring"),
+        (a.restore.is_some() && a.exec, "--restore with --exec"),
     ];
     match refused.iter().find(|(on, _)| *on) {
         Some((_, what)) => Err(format!(
@@ -343,6 +339,39 @@ fn unsupported(a: &Args) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// conmon's own create and restore flags, then the engine's `--runtime-opt`s, in
+/// conmon's order (runtime_args.c).
+fn create_flags(a: &Args) -> Vec<String> {
+    let mut f = Vec::new();
+    if a.no_pivot {
+        f.push("--no-pivot".to_string());
+    }
+    if a.no_new_keyring {
+        f.push("--no-new-keyring".to_string());
+    }
+    f.extend(a.runtime_opts.iter().cloned());
+    f
+}
+
+/// `--runtime-opt --preserve-fds --runtime-opt N` (podman `--preserve-fds N`): fds 3
+/// to 3+N-1 are the container's, and the runtime call must inherit them.
+fn preserved_fds(opts: &[String]) -> Result<RawFd, String> {
+    let mut n = 0;
+    let mut it = opts.iter();
+    while let Some(o) = it.next() {
+        let value = match o.strip_prefix("--preserve-fds") {
+            Some("") => it.next().map(String::as_str),
+            Some(v) if v.starts_with('=') => Some(&v[1..]),
+            _ => continue,
+        };
+        n = value
+            .and_then(|v| v.parse::<RawFd>().ok())
+            .filter(|n| (0..=65536).contains(n))
+            .ok_or_else(|| format!("--runtime-opt --preserve-fds needs a count, got {value:?}"))?;
+    }
+    Ok(n)
 }
 
 /// conmon's attach layout without `--full-attach` (CRI-O's): `<dir>/<cuuid>` is a
@@ -380,7 +409,7 @@ fn absolute(cwd: &Path, p: &str) -> PathBuf {
 
 /// Every fd above stderr this process inherited but the sync pipe: held until the
 /// container exits (close-on-exec, so the runtime and exit command never get them).
-fn hold_inherited_fds(pipes: &[Option<RawFd>]) -> Vec<OwnedFd> {
+fn hold_inherited_fds(pipes: &[Option<RawFd>], preserved: RawFd) -> Vec<OwnedFd> {
     let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -391,7 +420,13 @@ fn hold_inherited_fds(pipes: &[Option<RawFd>]) -> Vec<OwnedFd> {
     // The read_dir handle is closed by now: its number is not open and is skipped.
     fds.into_iter()
         .filter_map(crate::sys::own_inherited_fd)
-        .inspect(set_cloexec)
+        // The preserved ones reach the runtime call; the front closes them on exec
+        // once the call has returned.
+        .inspect(|fd| {
+            if fd.as_raw_fd() >= 3 + preserved {
+                crate::sys::set_cloexec(fd)
+            }
+        })
         .collect()
 }
 
@@ -426,7 +461,21 @@ fn run_exit_command(cmd: &str, args: &[String], delay: u64) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::link_socket_dir;
+    use super::{link_socket_dir, preserved_fds};
+
+    #[test]
+    fn preserved_fds_are_read_from_the_runtime_options() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(preserved_fds(&opts(&[])), Ok(0));
+        assert_eq!(preserved_fds(&opts(&["--preserve-fds", "2"])), Ok(2));
+        assert_eq!(
+            preserved_fds(&opts(&["--tcp-established", "--preserve-fds=3"])),
+            Ok(3)
+        );
+        assert!(preserved_fds(&opts(&["--preserve-fds"])).is_err());
+        assert!(preserved_fds(&opts(&["--preserve-fds", "-1"])).is_err());
+        assert!(preserved_fds(&opts(&["--preserve-fds", "x"])).is_err());
+    }
 
     #[test]
     fn socket_dir_link_is_one_byte_shorter_at_107_bytes() {

@@ -40,6 +40,12 @@ pub fn own_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Close-on-exec on `fd` (it cannot fail on an open fd).
+pub fn set_cloexec(fd: &impl std::os::fd::AsRawFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
 /// TIOCSWINSZ: sets a terminal's size.
 pub fn set_window_size(tty: RawFd, rows: u16, cols: u16) -> Result<(), Errno> {
     let size = libc::winsize {

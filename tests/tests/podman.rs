@@ -70,10 +70,15 @@ struct Ran {
 
 impl Podman {
     fn new(label: &str, conmon: &Path) -> Podman {
+        Podman::with_conf(label, conmon, "", "")
+    }
+
+    /// With more lines in containers.conf's `[engine]` and `[containers]` tables.
+    fn with_conf(label: &str, conmon: &Path, engine: &str, containers: &str) -> Podman {
         let dir = std::env::temp_dir().join(unique_id(&format!("tp-{label}")));
         fs::create_dir_all(&dir).unwrap();
         let conf = format!(
-            "[engine]\nconmon_path = [\"{}\"]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n",
+            "[engine]\nconmon_path = [\"{}\"]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\n{engine}\n[containers]\n{containers}\n",
             conmon.display()
         );
         fs::write(dir.join("containers.conf"), conf).unwrap();
@@ -1365,4 +1370,191 @@ fn crio_exec_sync_matches_conmon() {
             "exit 255, sync \"{\\\"exit_code\\\": -1, \\\"message\\\": \\\"command timed out\\\"}\\n\", log \"before\\n\"",
         ]
     );
+}
+
+impl Podman {
+    /// `podman ARGS` with `file` open on its fd 3 (`3<FILE` in a shell).
+    fn run_with_fd3(&self, args: &[&str], file: &Path) -> Ran {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let f = fs::File::open(file).unwrap();
+        let raw = f.as_raw_fd();
+        let mut c = self.command(args);
+        // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs here.
+        unsafe {
+            c.pre_exec(move || {
+                let ok = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(raw, 3) == 3
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let out = ran(c.output().unwrap());
+        drop(f);
+        out
+    }
+}
+
+#[test]
+fn preserved_fds_reach_the_container_as_with_conmon() {
+    // `podman run --preserve-fds 1`: podman passes the fd at 3 and
+    // `--runtime-opt --preserve-fds --runtime-opt 1` (its sync and start pipes move
+    // to 4 and 5); the runtime's create must inherit fd 3.
+    let (t, c) = pair("pfds");
+    let file = t.dir.join("fd3.txt");
+    fs::write(&file, "read through fd 3\n").unwrap();
+    for p in [&t, &c] {
+        let mut args = vec!["run", "--rm", "--preserve-fds", "1"];
+        args.extend(ULIMITS);
+        args.extend([IMAGE, "sh", "-c", "cat <&3"]);
+        let r = p.run_with_fd3(&args, &file);
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "read through fd 3\n"),
+            "{}: {r:?}",
+            p.conmon.display()
+        );
+        // `podman exec --preserve-fds 1`: the same through the exec session's monitor.
+        p.ok(&{
+            let mut a = vec!["run", "-d", "--name", "pf"];
+            a.extend(ULIMITS);
+            a.extend([IMAGE, "sleep", "1000"]);
+            a
+        });
+        let r = p.run_with_fd3(
+            &["exec", "--preserve-fds", "1", "pf", "sh", "-c", "cat <&3"],
+            &file,
+        );
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "read through fd 3\n"),
+            "exec, {}: {r:?}",
+            p.conmon.display()
+        );
+    }
+}
+
+#[test]
+fn restore_goes_to_the_runtime_as_with_conmon() {
+    // Tier E: `--restore PATH` makes the monitor run `runtime restore --detach
+    // --image-path PATH --work-path BUNDLE` instead of `create`. CRIU is not
+    // installed and cannot checkpoint on this kernel (its dump fails on the vdso), so
+    // no image can exist here: what is shown is the restore reaching runc, whose
+    // failure (it needs criu) reaches the engine on the sync pipe as conmon reports
+    // it, with the monitor's first process exiting 0 both times.
+    require_podman();
+    let runc = runc();
+    let go = |conmon: &Path| -> (i32, String) {
+        let dir = tether_tests::TempDir::new("tp-restore");
+        let id = unique_id("restore");
+        let bundle = tether_tests::BundleSpec::new(&["sleep", "1000"]).write(&dir.0.join("bundle"));
+        let image = dir.0.join("checkpoint");
+        let exits = dir.0.join("exits");
+        fs::create_dir_all(&image).unwrap();
+        fs::create_dir_all(&exits).unwrap();
+        let d = |p: &Path| p.display().to_string();
+        let root = format!("--root={}", dir.0.join("runc").display());
+        let (pidfile, log) = (d(&bundle.join("pidfile")), d(&bundle.join("ctr.log")));
+        let args = [
+            "--api-version",
+            "1",
+            "-c",
+            &id,
+            "-u",
+            &id,
+            "-r",
+            &runc,
+            "--runtime-arg",
+            &root,
+            "-b",
+            &d(&bundle),
+            "-p",
+            &pidfile,
+            "-l",
+            &log,
+            "--exit-dir",
+            &d(&exits),
+            "--full-attach",
+            "--restore",
+            &d(&image),
+            "--runtime-opt",
+            "--tcp-established",
+        ];
+        let (code, message) = direct(conmon, &args);
+        let _ = Command::new(&runc)
+            .args([root.as_str(), "delete", "--force", &id])
+            .stderr(Stdio::null())
+            .status();
+        (code, message)
+    };
+    for conmon in [tether_conmon(), PathBuf::from(STOCK_CONMON)] {
+        let (code, message) = go(&conmon);
+        let shown = format!("{}: exit {code}, sync {message:?}", conmon.display());
+        assert_eq!(code, 0, "{shown}");
+        assert!(message.starts_with("{\"data\": -1, \"message\": \""), "{shown}");
+        assert!(message.contains("criu"), "runc's restore names criu: {shown}");
+    }
+}
+
+#[test]
+fn no_pivot_and_no_new_keyring_reach_the_runtime_as_with_conmon() {
+    // containers.conf `no_pivot_root = true` and `keyring = false`: podman passes
+    // `--no-pivot` and `--no-new-keyring`, which the monitor hands to `runc create`.
+    // runc keeps both in its state (/run/runc/ID/state.json as root: podman passes
+    // no --root), and without a new keyring the container has no `_ses.ID` session
+    // keyring of its own.
+    require_podman();
+    for conmon in [tether_conmon(), PathBuf::from(STOCK_CONMON)] {
+        let p = Podman::with_conf("nopivot", &conmon, "no_pivot_root = true", "keyring = false");
+        let mut args = vec!["run", "-d"];
+        args.extend(ULIMITS);
+        args.extend([IMAGE, "sleep", "1000"]);
+        let id = p.ok(&args).trim().to_string();
+        let state = fs::read_to_string(format!("/run/runc/{id}/state.json")).unwrap();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+        let flags = (
+            &state["config"]["no_pivot_root"],
+            &state["config"]["no_new_keyring"],
+        );
+        assert_eq!(
+            flags,
+            (&serde_json::Value::Bool(true), &serde_json::Value::Bool(true)),
+            "{}",
+            conmon.display()
+        );
+        p.ok(&["rm", "-f", "-t", "0", &id]);
+        let keys = p.run_ctr(
+            &["--rm", "--security-opt", "unmask=/proc/keys"],
+            &["cat", "/proc/keys"],
+        );
+        assert_eq!(keys.code, 0, "{}: {keys:?}", conmon.display());
+        assert!(
+            !own_session_keyring(&keys.stdout),
+            "{}: {keys:?}",
+            conmon.display()
+        );
+    }
+    // And the default: a session keyring of the container's own.
+    let p = Podman::new("keyring", &tether_conmon());
+    let keys = p.run_ctr(
+        &["--rm", "--security-opt", "unmask=/proc/keys"],
+        &["cat", "/proc/keys"],
+    );
+    assert!(own_session_keyring(&keys.stdout), "{keys:?}");
+}
+
+/// A `_ses.ID` keyring in /proc/keys (its description is the ninth field), the one
+/// runc makes unless told `--no-new-keyring`.
+fn own_session_keyring(proc_keys: &str) -> bool {
+    proc_keys.lines().any(|l| {
+        l.split_whitespace()
+            .nth(8)
+            .is_some_and(|d| d.starts_with("_ses."))
+    })
 }

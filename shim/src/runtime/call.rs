@@ -71,6 +71,12 @@ impl RuntimeCall {
 
     /// The subcommand, its flags and the container id, in the order runc takes them.
     pub fn args(&self, id: &str) -> Vec<String> {
+        self.args_with(id, &[])
+    }
+
+    /// [`Self::args`] with `extra` flags after the subcommand's own, before the id
+    /// (the engine's own create, restore or exec flags: conmon's `--runtime-opt`).
+    pub fn args_with(&self, id: &str, extra: &[String]) -> Vec<String> {
         let mut a = vec![self.subcommand().to_string()];
         let mut flag = |name: &str, value: &PathBuf| {
             a.push(name.to_string());
@@ -138,6 +144,7 @@ impl RuntimeCall {
             }
             RuntimeCall::Start | RuntimeCall::Pause | RuntimeCall::Resume => {}
         }
+        a.extend(extra.iter().cloned());
         a.push(id.to_string());
         a
     }

@@ -28,6 +28,13 @@ pub struct Runtime {
     /// Further global options, placed before the subcommand.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
+    /// Flags added to `create` and `restore`, after their own (conmon's
+    /// `--no-pivot`, `--no-new-keyring`, `--runtime-opt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create_args: Vec<String>,
+    /// Flags added to `exec`, after its own (conmon's `--runtime-opt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_args: Vec<String>,
 }
 
 /// Stdio for one runtime invocation; `None` is /dev/null. `runc create` and
@@ -90,7 +97,12 @@ impl Runtime {
             argv.push("--systemd-cgroup".to_string());
         }
         argv.extend(self.extra_args.iter().cloned());
-        argv.extend(call.args(id));
+        let extra = match call {
+            RuntimeCall::Create { .. } | RuntimeCall::Restore { .. } => &self.create_args,
+            RuntimeCall::Exec { .. } => &self.exec_args,
+            _ => &Vec::new(),
+        };
+        argv.extend(call.args_with(id, extra));
         argv
     }
 
@@ -119,11 +131,43 @@ mod tests {
             root: Some("/r".into()),
             systemd_cgroup: true,
             extra_args: vec!["--debug".into()],
+            ..Default::default()
         };
         let argv = rt.argv(Path::new("/s/l.log"), &RuntimeCall::Start, "c1");
         assert_eq!(
             argv.join(" "),
             "runc --root /r --log /s/l.log --log-format json --systemd-cgroup --debug start c1"
         );
+    }
+
+    #[test]
+    fn an_engines_subcommand_flags_go_before_the_id_of_their_calls_only() {
+        let rt = Runtime {
+            path: "runc".into(),
+            create_args: vec!["--no-pivot".into(), "--preserve-fds".into(), "1".into()],
+            exec_args: vec!["--preserve-fds".into(), "2".into()],
+            ..Default::default()
+        };
+        let log = Path::new("/l");
+        let tail = |call: RuntimeCall| rt.argv(log, &call, "c1")[5..].join(" ");
+        let create = RuntimeCall::Create {
+            bundle: "/b".into(),
+            pid_file: "/p".into(),
+            console_socket: None,
+        };
+        assert_eq!(
+            tail(create),
+            "create --bundle /b --pid-file /p --no-pivot --preserve-fds 1 c1"
+        );
+        let exec = RuntimeCall::Exec {
+            process: "/x".into(),
+            pid_file: "/p".into(),
+            console_socket: None,
+        };
+        assert_eq!(
+            tail(exec),
+            "exec --detach --pid-file /p --process /x --preserve-fds 2 c1"
+        );
+        assert_eq!(tail(RuntimeCall::Start), "start c1");
     }
 }

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tether_protocol::{
-    CreateParams, EventBody, ExecParams, ExitRecord, LogParams, ShutdownParams, INIT_PROCESS,
+    CreateParams, CriuOptions, EventBody, ExecParams, ExitRecord, LogParams, ShutdownParams, INIT_PROCESS,
 };
 
 /// How long attach clients may take to read what is queued for them once the
@@ -67,6 +67,9 @@ pub struct Settings {
     /// `-T`/`--timeout`: the process's group is killed this long after the runtime
     /// call returned, and its status is -1 ("command timed out").
     pub timeout: Option<Duration>,
+    /// `--restore PATH`: the container is restored from this checkpoint image
+    /// (`runtime restore`, CRIU's work files in the bundle) instead of created.
+    pub restore: Option<PathBuf>,
 }
 
 /// conmon's `-e --exec-attach` (podman exec, healthcheck run).
@@ -211,10 +214,16 @@ impl Conmon {
     }
 
     fn create(&mut self, core: &mut Core, io: &mut Io<'_>) {
+        let checkpoint = self.s.restore.as_ref().map(|image| CriuOptions {
+            image_path: image.display().to_string(),
+            work_path: Some(self.s.bundle.display().to_string()),
+            ..Default::default()
+        });
         let params = CreateParams {
             stdin: self.no_stdin(),
             log: Some(self.s.log.clone()),
             attach: true,
+            checkpoint,
             ..Default::default()
         };
         match core.call(Call::Create(params), io) {
@@ -239,6 +248,10 @@ impl Conmon {
         // A legacy exec (CRI-O's exec sync) reports only its exit code.
         if self.s.api_version || self.s.exec.is_none() {
             self.send_sync(pid, None);
+        }
+        // `--preserve-fds`' fds are the process's now: later calls must not get them.
+        for fd in &self.held {
+            crate::sys::set_cloexec(fd);
         }
         self.pid = Some(pid);
         self.timeout_at = self.s.timeout.map(|t| Instant::now() + t);
