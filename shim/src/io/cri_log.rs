@@ -15,7 +15,7 @@ use super::drops::{refuses_bytes, DropReport, Drops};
 use super::Stream;
 use nix::errno::Errno;
 use std::fs::{self, File, OpenOptions};
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,6 +25,8 @@ use tether_protocol::LogParams;
 pub const DEFAULT_MAX_LINE: usize = 16 << 10;
 /// Files kept by built-in rotation when the client does not say.
 pub const DEFAULT_MAX_FILES: u32 = 5;
+/// Bytes of records written at once (one read's worth of short lines).
+const BATCH: usize = 256 << 10;
 
 pub struct CriLog {
     path: PathBuf,
@@ -38,6 +40,11 @@ pub struct CriLog {
     /// Per stream (stdout, stderr): the start of a line not yet ended.
     partial: [Vec<u8>; 2],
     drops: [Drops; 2],
+    /// Whole records waiting for their write, and for each its end in `out` and the
+    /// process's bytes it stands for. Kept while output flows (a fresh buffer a
+    /// chunk costs page faults), given back when it stops (`release_buffers`).
+    out: Vec<u8>,
+    ends: Vec<(usize, usize)>,
 }
 
 /// One record's content, in up to two pieces (a line begun in an earlier chunk, and
@@ -64,26 +71,27 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The line `a`+`b` as records: `P` of `max` bytes while more than `max` remain, then
-/// the rest as `F` if the line `ended`. Returns what is left unwritten (the rest of an
-/// unfinished line, at most `max` bytes), as pieces of `a` and `b`.
+/// The line `a`+`b` as records, each given to `out`: `P` of `max` bytes while more
+/// than `max` remain, then the rest as `F` if the line `ended`. Returns what is left
+/// unwritten (the rest of an unfinished line, at most `max` bytes), as pieces of `a`
+/// and `b`.
 fn split<'a>(
     a: &'a [u8],
     b: &'a [u8],
     max: usize,
     ended: bool,
-    out: &mut Vec<Record<'a>>,
+    out: &mut impl FnMut(Record<'_>),
 ) -> (&'a [u8], &'a [u8]) {
     let (mut a, mut b) = (a, b);
     while a.len() + b.len() > max {
         let from_a = a.len().min(max);
         let (pa, ra) = a.split_at(from_a);
         let (pb, rb) = b.split_at(max - from_a);
-        out.push(Record::new(b'P', pa, pb));
+        out(Record::new(b'P', pa, pb));
         (a, b) = (ra, rb);
     }
     if ended {
-        out.push(Record::new(b'F', a, b));
+        out(Record::new(b'F', a, b));
         (&[], &[])
     } else {
         (a, b)
@@ -92,6 +100,20 @@ fn split<'a>(
 
 fn index(stream: Stream) -> usize {
     usize::from(stream == Stream::Stderr)
+}
+
+/// A record's start for `P` and for `F`: `TIMESTAMP STREAM TAG `.
+fn heads(stream: Stream, ts: &str) -> [Vec<u8>; 2] {
+    [b'P', b'F'].map(|tag| {
+        let mut h = Vec::with_capacity(ts.len() + 10);
+        h.extend_from_slice(ts.as_bytes());
+        h.push(b' ');
+        h.extend_from_slice(stream.name().as_bytes());
+        h.push(b' ');
+        h.push(tag);
+        h.push(b' ');
+        h
+    })
 }
 
 impl CriLog {
@@ -127,6 +149,8 @@ impl CriLog {
             max_files,
             partial: [Vec::new(), Vec::new()],
             drops: [Drops::default(), Drops::default()],
+            out: Vec::new(),
+            ends: Vec::new(),
         })
     }
 
@@ -134,24 +158,26 @@ impl CriLog {
         &self.path
     }
 
-    /// Records for `chunk` of `stream`, read at `ts`, written with writev straight
-    /// from `chunk` (and the line begun in an earlier chunk): no copy of the content.
+    /// Records for `chunk` of `stream`, read at `ts`: each whole line of it, and the
+    /// line begun in an earlier chunk.
     pub fn write(&mut self, stream: Stream, chunk: &[u8], ts: &str) {
         let i = index(stream);
         let prefix = std::mem::take(&mut self.partial[i]);
-        let mut records: Vec<Record> = Vec::new();
+        let heads = heads(stream, ts);
+        let max_line = self.max_line;
+        let mut add = |r: Record<'_>| self.add(stream, r, &heads);
         let (mut a, mut rest): (&[u8], &[u8]) = (&prefix, chunk);
         while let Some(nl) = memchr::memchr(b'\n', rest) {
-            split(a, &rest[..nl], self.max_line, true, &mut records);
+            split(a, &rest[..nl], max_line, true, &mut add);
             a = &[];
             rest = &rest[nl + 1..];
         }
         // The unfinished line: what goes beyond max_line now, the rest waits.
-        let kept = split(a, rest, self.max_line, false, &mut records);
+        let kept = split(a, rest, max_line, false, &mut add);
         let mut partial = Vec::with_capacity(kept.0.len() + kept.1.len());
         partial.extend_from_slice(kept.0);
         partial.extend_from_slice(kept.1);
-        self.emit(stream, &records, ts);
+        self.flush(stream);
         self.partial[i] = partial;
     }
 
@@ -159,98 +185,85 @@ impl CriLog {
     pub fn finish(&mut self, stream: Stream, ts: &str) {
         let partial = std::mem::take(&mut self.partial[index(stream)]);
         if !partial.is_empty() {
-            self.emit(stream, &[Record::new(b'P', &partial, &[])], ts);
+            self.add(stream, Record::new(b'P', &partial, &[]), &heads(stream, ts));
+            self.flush(stream);
         }
     }
 
-    /// Writes `records`, rotating first when the next would pass `max_size`.
-    fn emit(&mut self, stream: Stream, records: &[Record], ts: &str) {
-        let heads = [b'P', b'F'].map(|tag| {
-            let mut h = Vec::with_capacity(ts.len() + 10);
-            h.extend_from_slice(ts.as_bytes());
-            h.push(b' ');
-            h.extend_from_slice(stream.name().as_bytes());
-            h.push(b' ');
-            h.push(tag);
-            h.push(b' ');
-            h
-        });
-        let head_len = heads[0].len() as u64;
-        let mut start = 0;
-        let mut batch_len = 0u64;
-        for (k, r) in records.iter().enumerate() {
-            let len = head_len + r.len() as u64 + 1;
-            let full =
-                self.max_size > 0 && self.size + batch_len > 0 && self.size + batch_len + len > self.max_size;
-            // writev takes at most 1024 slices: 4 a record, 250 records a call.
-            if full || k - start == 250 {
-                self.write_batch(stream, &records[start..k], &heads);
-                start = k;
-                batch_len = 0;
-                if full {
-                    self.rotate();
-                }
+    /// The write buffers go back (output stopped a while ago).
+    pub fn release_buffers(&mut self) {
+        self.out = Vec::new();
+        self.ends = Vec::new();
+    }
+
+    /// Queues one record; what is queued is written first when this one would pass
+    /// the batch size, or `max_size` (then the log rotates first).
+    fn add(&mut self, stream: Stream, r: Record<'_>, heads: &[Vec<u8>; 2]) {
+        let head = &heads[usize::from(r.tag == b'F')];
+        let len = head.len() + r.len() + 1;
+        let queued = self.out.len() as u64;
+        let full =
+            self.max_size > 0 && self.size + queued > 0 && self.size + queued + len as u64 > self.max_size;
+        if full || (queued > 0 && self.out.len() + len > BATCH) {
+            self.flush(stream);
+            if full {
+                self.rotate();
             }
-            batch_len += len;
         }
-        self.write_batch(stream, &records[start..], &heads);
+        self.out.extend_from_slice(head);
+        self.out.extend_from_slice(r.a);
+        self.out.extend_from_slice(r.b);
+        self.out.push(b'\n');
+        self.ends.push((self.out.len(), r.written_by_process()));
     }
 
-    /// One writev of whole records. A disk that refuses them: they are dropped and
-    /// counted, and a record the disk cut short is cut off the file again, so the log
-    /// holds whole records only.
-    fn write_batch(&mut self, stream: Stream, records: &[Record], heads: &[Vec<u8>; 2]) {
-        if records.is_empty() {
+    /// Writes the queued records with one write: a writev of three small slices a
+    /// record (head, line, newline) costs the kernel more than this copy. A disk
+    /// that refuses them: they are dropped and counted, and a record the disk cut
+    /// short is cut off the file again, so the log holds whole records only.
+    fn flush(&mut self, stream: Stream) {
+        if self.out.is_empty() {
             return;
         }
+        let (out, ends) = (std::mem::take(&mut self.out), std::mem::take(&mut self.ends));
+        self.write_queued(stream, &out, &ends);
+        // The buffers stay for the next chunk.
+        (self.out, self.ends) = (out, ends);
+        self.out.clear();
+        self.ends.clear();
+    }
+
+    fn write_queued(&mut self, stream: Stream, out: &[u8], ends: &[(usize, usize)]) {
         let drops = &mut self.drops[index(stream)];
         if drops.dropping() {
-            return drops.count(records.iter().map(Record::written_by_process).sum());
+            return drops.count(ends.iter().map(|e| e.1).sum());
         }
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(records.len() * 4);
-        let mut ends = Vec::with_capacity(records.len());
-        let mut total = 0u64;
-        for r in records {
-            slices.push(IoSlice::new(&heads[usize::from(r.tag == b'F')]));
-            for part in [r.a, r.b] {
-                if !part.is_empty() {
-                    slices.push(IoSlice::new(part));
-                }
-            }
-            slices.push(IoSlice::new(b"\n"));
-            total += heads[0].len() as u64 + r.len() as u64 + 1;
-            ends.push(total);
-        }
-        let mut left: &mut [IoSlice<'_>] = &mut slices;
-        let mut written = 0u64;
+        let mut written = 0;
         let error = loop {
-            if left.is_empty() {
+            if written == out.len() {
                 break None;
             }
-            match self.file.write_vectored(left) {
+            match self.file.write(&out[written..]) {
                 Ok(0) => break Some(Errno::ENOSPC),
-                Ok(n) => {
-                    written += n as u64;
-                    IoSlice::advance_slices(&mut left, n);
-                }
+                Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => break Some(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
             }
         };
         let Some(e) = error else {
-            self.size += written;
+            self.size += written as u64;
             return drops.recovered("log");
         };
         // Keep the whole records that made it; cut off a torn one.
-        let whole = ends.iter().take_while(|end| **end <= written).count();
-        let kept = if whole == 0 { 0 } else { ends[whole - 1] };
+        let whole = ends.iter().take_while(|(end, _)| *end <= written).count();
+        let kept = if whole == 0 { 0 } else { ends[whole - 1].0 };
         if kept < written {
-            if let Err(cut) = self.file.set_len(self.size + kept) {
+            if let Err(cut) = self.file.set_len(self.size + kept as u64) {
                 crate::log!("log {}: cannot cut a torn record off: {cut}", self.path.display());
             }
         }
-        self.size += kept;
-        let lost: usize = records[whole..].iter().map(Record::written_by_process).sum();
+        self.size += kept as u64;
+        let lost: usize = ends[whole..].iter().map(|e| e.1).sum();
         if !refuses_bytes(e) {
             crate::log!("log {}: {e}", self.path.display());
         }
@@ -481,6 +494,8 @@ impl CriLog {
             max_files: r.max_files,
             partial: [out, err],
             drops: [d_out, d_err],
+            out: Vec::new(),
+            ends: Vec::new(),
         })
     }
 }

@@ -206,10 +206,13 @@ impl Fanout {
     fn end(&mut self, io: &mut Io<'_>, log: Option<&mut CriLog>) {
         if let Some(log) = log {
             log.finish(self.stream, &tether_protocol::time::now());
+            // Made again if the other stream writes on.
+            log.release_buffers();
         }
         self.eof = true;
         self.buf = Vec::new();
         self.close_src(io);
+        crate::sys::malloc_trim();
     }
 
     fn close_src(&mut self, io: &mut Io<'_>) {
@@ -241,12 +244,18 @@ impl Fanout {
         report.into_iter().chain(idle).min()
     }
 
-    /// Gives the read buffer back if no output came for a while.
-    pub fn trim(&mut self, now: Instant) {
+    /// Gives the read buffer back if no output came for a while; true if it did.
+    pub fn trim(&mut self, now: Instant) -> bool {
         if self.buf_used.is_some_and(|t| now >= t + IDLE_BUFFER) {
             self.buf = Vec::new();
             self.buf_used = None;
+            return true;
         }
+        false
+    }
+
+    pub fn holds_buffer(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     pub fn dropped_total(&self) -> u64 {

@@ -149,8 +149,17 @@ impl ProcessIo {
     /// Timed work: read buffers idle for a while go back; attach clients stalled
     /// while holding output back are cut off, and the output moves on.
     pub fn on_tick(&mut self, now: Instant, exited: bool, io: &mut Io<'_>) {
+        let mut trimmed = false;
         for f in &mut self.fanouts {
-            f.trim(now);
+            trimmed |= f.trim(now);
+        }
+        if trimmed && !self.fanouts.iter().any(Fanout::holds_buffer) {
+            // Output has stopped: the log's write buffers go too, and the heap they
+            // and the read buffers came from is given back.
+            if let Some(log) = self.log.as_mut() {
+                log.release_buffers();
+            }
+            crate::sys::malloc_trim();
         }
         let ended = self.sources_drained();
         if self
