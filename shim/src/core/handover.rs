@@ -74,7 +74,7 @@ impl Core {
             bundle: self.bundle.clone(),
             runtime: self.runtime.clone(),
             dir: self.dir.root.clone(),
-            base_process: self.base_process.clone(),
+            base_process: serde_json::from_str(&self.base_process).unwrap_or(Value::Null),
             init: self.init.as_ref().map(|p| p.hand_over(fds)).transpose()?,
             execs: self
                 .execs
@@ -107,7 +107,7 @@ impl Core {
             bundle: r.bundle,
             runtime: r.runtime,
             spawner: Box::new(crate::runtime::Exec),
-            base_process: r.base_process,
+            base_process: r.base_process.to_string().into_boxed_str(),
             init,
             execs,
             ops: HashMap::new(),

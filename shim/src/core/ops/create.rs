@@ -71,7 +71,7 @@ impl Core {
         let n = self.scratch_id();
         match self.spawn_op(OpKind::Create { restore }, ticket, call, stdio, n, Vec::new()) {
             Ok(deferred) => {
-                self.base_process = bundle.process;
+                self.base_process = bundle.process.to_string().into_boxed_str();
                 self.init = Some(init);
                 Ok(deferred)
             }

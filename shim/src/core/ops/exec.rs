@@ -24,7 +24,8 @@ impl Core {
 
     fn begin_exec(&mut self, ticket: Ticket, p: ExecParams, io: &mut Io<'_>) -> Result<Deferred, CoreError> {
         self.can_exec(&p.exec_id)?;
-        let spec = bundle::exec_spec(&self.base_process, &p.process)?;
+        let base: Value = serde_json::from_str(&self.base_process).unwrap_or(Value::Null);
+        let spec = bundle::exec_spec(&base, &p.process)?;
         let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(false);
         self.check_stdio_params(&p.stdin, &p.stdout, &p.stderr, p.log.as_ref())?;
         let n = self.scratch_id();
