@@ -54,13 +54,17 @@ pub fn clean_up_remains(dir: &StateDir, options: &LaunchOptions) -> Result<Remai
     if let Some(pid) = alive {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    runtime_delete_force(
-        &options.runtime,
-        &options.id,
-        &dir.scratch(0, "cleanup-delete", "log"),
-    )?;
+    // The runtime's log goes outside the state dir: a shim that was still exiting
+    // may be removing that dir meanwhile (the runtime then could not open its log).
+    let log = std::env::temp_dir().join(format!("tether-cleanup-{}.log", std::process::id()));
+    runtime_delete_force(&options.runtime, &options.id, &log)?;
     let _ = fs::remove_file(dir.socket());
-    fs::remove_dir_all(&dir.root).map_err(|e| format!("cannot remove {}: {e}", dir.root.display()))?;
+    match fs::remove_dir_all(&dir.root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot remove {}: {e}", dir.root.display()))
+        }
+        _ => {}
+    }
     Ok(Remains {
         recorded,
         init_pid,

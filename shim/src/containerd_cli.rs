@@ -475,10 +475,19 @@ fn stop_dead_shim(dir: &StateDir) {
     let Some(pid) = dir.live_shim() else {
         return;
     };
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    // containerd runs this as soon as the shim's connection closes, which may be
+    // while the shim is still exiting (removing its state dir): it gets a moment to
+    // finish before it is killed.
+    let wait = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while pid_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait(Duration::from_millis(500));
+    if pid_alive(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        wait(Duration::from_secs(2));
     }
 }
 

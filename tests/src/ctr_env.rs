@@ -114,8 +114,13 @@ impl Env {
         wait_until(Duration::from_secs(10), &format!("{id}'s shim to exit"), || {
             shim_of(&self.ctd.namespace, id).is_none()
         });
-        assert!(!self.runc_state(id).exists(), "runc state of {id} left");
-        assert!(!self.state_dir(id).exists(), "shim state dir of {id} left");
+        // containerd runs the shim's `delete` once the shim's connection is gone, in
+        // the background: what that cleans may take a moment after the shim's exit.
+        wait_until(
+            Duration::from_secs(10),
+            &format!("runc state and shim state dir of {id} to go"),
+            || !self.runc_state(id).exists() && !self.state_dir(id).exists(),
+        );
         assert_eq!(mounts_under(&self.ctd.dir), Vec::<String>::new(), "mounts left");
         if let Some(s) = socket {
             assert!(
