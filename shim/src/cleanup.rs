@@ -8,7 +8,6 @@ use crate::reaper::pid_alive;
 use crate::runtime::{Runtime, RuntimeCall};
 use crate::state_dir::{read_pid, LaunchOptions, StateDir};
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use tether_protocol::{ExitRecord, INIT_PROCESS};
 
@@ -54,10 +53,7 @@ pub fn clean_up_remains(dir: &StateDir, options: &LaunchOptions) -> Result<Remai
     if let Some(pid) = alive {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    // The runtime's log goes outside the state dir: a shim that was still exiting
-    // may be removing that dir meanwhile (the runtime then could not open its log).
-    let log = std::env::temp_dir().join(format!("tether-cleanup-{}.log", std::process::id()));
-    runtime_delete_force(&options.runtime, &options.id, &log)?;
+    runtime_delete_force(&options.runtime, &options.id)?;
     let _ = fs::remove_file(dir.socket());
     match fs::remove_dir_all(&dir.root) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -73,8 +69,11 @@ pub fn clean_up_remains(dir: &StateDir, options: &LaunchOptions) -> Result<Remai
 }
 
 /// `runtime delete --force ID`, run to its end; a container the runtime does not know
-/// is already gone, which is success. `log` is the runtime's log file for the call.
-pub fn runtime_delete_force(runtime: &Runtime, id: &str, log: &Path) -> Result<(), String> {
+/// is already gone, which is success. The runtime's log for the call is in the temp
+/// dir: the state dir may be going meanwhile (a shim still exiting removes it), and
+/// the bundle too (containerd removes it after `delete`).
+pub fn runtime_delete_force(runtime: &Runtime, id: &str) -> Result<(), String> {
+    let log = &std::env::temp_dir().join(format!("tether-delete-{}.log", std::process::id()));
     let argv = runtime.argv(log, &RuntimeCall::Delete { force: true }, id);
     let status = Command::new(&argv[0])
         .args(&argv[1..])

@@ -418,9 +418,7 @@ fn delete(f: &Flags) -> Result<(), String> {
         }),
         Err(_) => {
             // No state (the shim removed it at Delete): make sure of the runtime anyway.
-            // Its log is not in the bundle: containerd may be removing that meanwhile.
-            let log = std::env::temp_dir().join(format!("tether-delete-{}.log", std::process::id()));
-            if let Err(e) = cleanup::runtime_delete_force(&saved_runtime(&bundle, f), &f.id, &log) {
+            if let Err(e) = cleanup::runtime_delete_force(&saved_runtime(&bundle, f), &f.id) {
                 eprintln!("{NAME}: {e}");
             }
             no_remains()
